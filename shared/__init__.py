@@ -1,0 +1,12 @@
+"""The finished code of every chapter of the course, one module per concept.
+
+shared.data            downloading, verifying and caching data sets and weights (all chapters)
+shared.tokenizers      regex tokenizers, byte-pair encoding from scratch, GPT-2's tokenizer (ch02)
+shared.dataset         sliding-window dataset and data loader (ch02)
+shared.attention       self-attention up to multi-head attention (ch03)
+shared.gpt             the GPT model and simple generation (ch04)
+shared.pretraining     losses, the training loop, decoding, checkpoints (ch05)
+shared.gpt2_weights    loading OpenAI's GPT-2 weights (ch05)
+shared.classification  finetuning for spam classification (ch06)
+shared.instruction     instruction finetuning and scoring responses (ch07)
+"""

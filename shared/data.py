@@ -1,0 +1,233 @@
+"""Downloading and caching every file the course needs, through one helper.
+
+Each file comes from its canonical address, is verified, and is cached, so the network is used
+once. Two environment variables control where files live:
+
+- ``LLM_COURSE_CACHE``: the cache directory (default ``~/.cache/llm-from-scratch``).
+- ``LLM_COURSE_MIRROR``: an optional local mirror directory, read before the network. Tests and CI
+  point it at an offline copy of the data (``../shared/data`` beside the project).
+
+Files are verified by sha256 where the hash is known and by a structural check otherwise. A
+download is written to a temporary file and renamed into place only once it is complete and
+verified, so an interrupted transfer never leaves a corrupt cached file; a cached file that fails
+verification is fetched again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import io
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+CACHE_ENV = "LLM_COURSE_CACHE"
+MIRROR_ENV = "LLM_COURSE_MIRROR"
+DEFAULT_CACHE = Path("~/.cache/llm-from-scratch")
+
+
+class DataUnavailableError(RuntimeError):
+    """A registered file could not be found in the cache or the mirror, nor downloaded."""
+
+
+class CorruptDataError(ValueError):
+    """A file's content does not match its checksum or expected structure."""
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file the course downloads.
+
+    name: the file's path inside the cache and mirror directories, e.g. ``"the-verdict.txt"``.
+    url: its canonical address.
+    sha256: hex digest of the file's content, or None where it is not known.
+    check: a structural check for files without a known hash; raises CorruptDataError.
+    archive_member: when ``url`` serves a zip, the member to extract (hash and check apply to it).
+    """
+
+    name: str
+    url: str
+    sha256: str | None = None
+    check: Callable[[Path], None] | None = None
+    archive_member: str | None = None
+
+
+def _check_sms_spam(path: Path) -> None:
+    """The SMS Spam Collection: 5,574 lines of ``label<TAB>text`` with labels ham/spam."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if len(lines) != 5574:
+        raise CorruptDataError(f"{path.name}: expected 5,574 lines, found {len(lines):,}")
+    for number, line in enumerate(lines, start=1):
+        if line.split("\t", 1)[0] not in ("ham", "spam"):
+            raise CorruptDataError(f"{path.name} line {number}: expected 'ham<TAB>' or 'spam<TAB>'")
+
+
+REGISTRY: dict[str, DataFile] = {
+    "the-verdict": DataFile(
+        name="the-verdict.txt",
+        url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/01_main-chapter-code/the-verdict.txt",
+        sha256="b41e41a68f0398a3154ae69e2e4c0e2694e17fe0d66730536837f1b01935b31f",
+    ),
+    "sms-spam-collection": DataFile(
+        name="sms_spam_collection/SMSSpamCollection",
+        url="https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
+        sha256="7d039a24a6083ed9ef0f806ebad56bbb976e3aeb8de05669173bfdc4996c239d",
+        check=_check_sms_spam,
+        archive_member="SMSSpamCollection",
+    ),
+    "instruction-data": DataFile(
+        name="instruction-data.json",
+        url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
+        sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
+    ),
+    "gpt2-vocab-bpe": DataFile(
+        name="gpt2/vocab.bpe",
+        url="https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        sha256="1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
+    "gpt2-encoder-json": DataFile(
+        name="gpt2/encoder.json",
+        url="https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+        sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The cache directory: ``$LLM_COURSE_CACHE`` or ``~/.cache/llm-from-scratch``."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser().resolve()
+
+
+def mirror_dir() -> Path | None:
+    """The local mirror directory from ``$LLM_COURSE_MIRROR``, or None when it is not set."""
+    value = os.environ.get(MIRROR_ENV)
+    return Path(value).expanduser().resolve() if value else None
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(path: Path, spec: DataFile) -> None:
+    """Raise CorruptDataError unless ``path`` matches the spec's sha256 and structural check."""
+    if spec.sha256 is not None:
+        actual = sha256_of(path)
+        if actual != spec.sha256:
+            raise CorruptDataError(
+                f"{spec.name}: sha256 is {actual}, expected {spec.sha256} (corrupt or wrong file)"
+            )
+    if spec.check is not None:
+        spec.check(path)
+
+
+def fetch(spec: str | DataFile, *, quiet: bool = False) -> Path:
+    """Return the local path of a verified copy of a registered file.
+
+    ``spec`` is a key of REGISTRY (e.g. ``"the-verdict"``) or a DataFile. Looks in the cache, then
+    the mirror (used in place), then downloads into the cache. A cached file that fails
+    verification is downloaded again. Raises DataUnavailableError, with the file, its address
+    and the two environment variables, when no verified copy can be had.
+    """
+    if isinstance(spec, str):
+        if spec not in REGISTRY:
+            raise KeyError(f"unknown data file {spec!r}; registered: {', '.join(REGISTRY)}")
+        spec = REGISTRY[spec]
+
+    cached = cache_dir() / spec.name
+    if cached.exists():
+        try:
+            verify(cached, spec)
+            return cached
+        except CorruptDataError as err:
+            if not quiet:
+                print(f"Cached copy is corrupt, fetching it again ({err})")
+            cached.unlink()
+
+    mirror = mirror_dir()
+    if mirror is not None and (mirror / spec.name).exists():
+        verify(mirror / spec.name, spec)  # a corrupt mirror is an error to fix, not to hide
+        return mirror / spec.name
+
+    try:
+        _download_verified(spec, cached, quiet=quiet)
+    except (urllib.error.URLError, OSError, CorruptDataError, zipfile.BadZipFile) as err:
+        raise DataUnavailableError(_unavailable_message(spec, err)) from None
+    return cached
+
+
+def _unavailable_message(spec: DataFile, err: Exception) -> str:
+    mirror = mirror_dir()
+    mirror_note = f"(now {mirror}, which lacks it)" if mirror else "(not set)"
+    return (
+        f"Could not get '{spec.name}' from {spec.url}: {err}.\n"
+        f"Either connect to the internet and run again, or point {MIRROR_ENV} "
+        f"{mirror_note} at a folder that holds '{spec.name}', or place the file at "
+        f"{cache_dir() / spec.name} (the cache directory is set by {CACHE_ENV})."
+    )
+
+
+def _download_verified(spec: DataFile, dest: Path, *, quiet: bool) -> None:
+    """Download ``spec.url`` (extracting ``archive_member`` if set), verify, rename into ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if spec.archive_member is None:
+                download_to(spec.url, out, quiet=quiet)
+            else:
+                buffer = io.BytesIO()
+                download_to(spec.url, buffer, quiet=quiet)
+                with zipfile.ZipFile(buffer) as archive:
+                    if spec.archive_member not in archive.namelist():
+                        raise CorruptDataError(f"{spec.url} has no member {spec.archive_member!r}")
+                    with archive.open(spec.archive_member) as member:
+                        shutil.copyfileobj(member, out)
+        verify(tmp, spec)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def download_to(url: str, out: io.RawIOBase | io.BufferedIOBase, *, quiet: bool = False) -> int:
+    """Stream ``url`` into the open binary file ``out``; return the number of bytes written.
+
+    Raises OSError when the server closes the connection before sending the announced
+    Content-Length (an interrupted transfer).
+    """
+    with urllib.request.urlopen(url, timeout=60) as response:
+        total = response.headers.get("Content-Length")
+        total = int(total) if total is not None else None
+        written = 0
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], disable=quiet
+        ) as bar:
+            while True:
+                try:
+                    block = response.read(1 << 16)
+                except http.client.IncompleteRead as err:
+                    raise OSError(
+                        f"transfer interrupted after {written + len(err.partial):,} bytes"
+                    ) from None
+                if not block:
+                    break
+                out.write(block)
+                written += len(block)
+                bar.update(len(block))
+    if total is not None and written != total:
+        raise OSError(f"transfer interrupted: got {written:,} of {total:,} bytes")
+    return written
