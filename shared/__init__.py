@@ -1,5 +1,6 @@
 """The finished code of every chapter of the course, one module per concept.
 
+shared.device          picking cuda, mps or cpu (all chapters)
 shared.data            downloading, verifying and caching data sets and weights (all chapters)
 shared.tokenizers      regex tokenizers, byte-pair encoding from scratch, GPT-2's tokenizer (ch02)
 shared.dataset         sliding-window dataset and data loader (ch02)

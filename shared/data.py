@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 CACHE_ENV = "LLM_COURSE_CACHE"
 MIRROR_ENV = "LLM_COURSE_MIRROR"

@@ -1,0 +1,40 @@
+"""Read the code a notebook teaches, so tests can compare it with the `shared` package."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def notebook_definitions(notebook: str | Path) -> dict:
+    """Execute a notebook's top-level imports, functions, classes and UPPER_CASE constants.
+
+    notebook: a path relative to the repository root, e.g. "ch03/ch03.ipynb".
+    Returns the resulting namespace; where a notebook redefines a name as it builds a class up,
+    the last definition wins, as it does for a reader running the notebook top to bottom.
+    Cells are not run, so nothing is trained or downloaded.
+    """
+    cells = json.loads((REPO / notebook).read_text(encoding="utf-8"))["cells"]
+    kept: list[ast.stmt] = []
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        # IPython magics and shell escapes are not Python.
+        source = "\n".join(
+            line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))
+        )
+        for node in ast.parse(source).body:
+            is_constant = isinstance(node, ast.Assign) and all(
+                isinstance(t, ast.Name) and t.id.isupper() for t in node.targets
+            )
+            if is_constant or isinstance(
+                node, ast.Import | ast.ImportFrom | ast.FunctionDef | ast.ClassDef
+            ):
+                kept.append(node)
+    namespace: dict = {"__name__": f"notebook:{notebook}"}
+    exec(compile(ast.Module(body=kept, type_ignores=[]), str(notebook), "exec"), namespace)
+    return namespace
