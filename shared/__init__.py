@@ -8,6 +8,7 @@ shared.attention       self-attention up to multi-head attention (ch03)
 shared.gpt             the GPT model and simple generation (ch04)
 shared.pretraining     losses, the training loop, decoding, checkpoints (ch05)
 shared.gpt2_weights    loading OpenAI's GPT-2 weights (ch05)
+shared.corpus          corpora larger than memory: memory-mapped token files (ch05 bonus)
 shared.classification  finetuning for spam classification (ch06)
 shared.instruction     instruction finetuning and scoring responses (ch07)
 """
