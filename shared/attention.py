@@ -7,6 +7,7 @@ h = number of heads, d_head = d_out // h.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -117,7 +118,13 @@ class MultiHeadAttention(nn.Module):
     d_out is the total output size; each of the num_heads heads works in d_out // num_heads
     dimensions, and out_proj mixes the concatenated heads.
 
-    forward: x (b, n, d_in) with n <= context_length -> (b, n, d_out)
+    fused=True is the fast path with the same weights and results: one matrix product for the
+    query, key and value projections and PyTorch's fused scaled_dot_product_attention (flash or
+    memory-efficient kernels where the device has them). The state_dict is the same either way.
+
+    forward: x (b, n, d_in) -> (b, n, d_out). With use_cache=True the keys and values of x are
+    appended to a cache, and x's queries attend to every cached position before them (positions
+    cached + n <= context_length); reset_cache() empties it.
     """
 
     def __init__(
@@ -128,6 +135,7 @@ class MultiHeadAttention(nn.Module):
         dropout: float,
         num_heads: int,
         qkv_bias: bool = False,
+        fused: bool = False,
     ):
         super().__init__()
         if d_out % num_heads != 0:
@@ -138,29 +146,69 @@ class MultiHeadAttention(nn.Module):
         self.d_out = d_out
         self.num_heads = num_heads
         self.head_dim = d_out // num_heads
+        self.fused = fused
         self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
+        self.cache_k: torch.Tensor | None = None  # (b, h, cached, d_head)
+        self.cache_v: torch.Tensor | None = None
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(b, n, d_out) -> (b, h, n, d_head)."""
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head)."""
+        layers = (self.W_query, self.W_key, self.W_value)
+        if not self.fused:
+            return tuple(self.split_heads(layer(x)) for layer in layers)
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])
+        return tuple(self.split_heads(t) for t in F.linear(x, weight, bias).split(self.d_out, -1))
+
+    def reset_cache(self) -> None:
+        """Forget the cached keys and values."""
+        self.cache_k = self.cache_v = None
+
+    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
         b, num_tokens, _ = x.shape
-        queries = self.split_heads(self.W_query(x))
-        keys = self.split_heads(self.W_key(x))
-        values = self.split_heads(self.W_value(x))
+        queries, keys, values = self.project_qkv(x)
+        if use_cache:
+            if self.cache_k is not None:
+                keys = torch.cat([self.cache_k, keys], dim=2)
+                values = torch.cat([self.cache_v, values], dim=2)
+            self.cache_k, self.cache_v = keys, values
+        num_keys = keys.shape[2]
+        if num_keys > self.mask.shape[0]:
+            raise ValueError(
+                f"{num_keys} positions exceed the context_length of {self.mask.shape[0]}"
+            )
+        # Query i sits at position num_keys - num_tokens + i and may see keys up to there.
+        future = self.mask[num_keys - num_tokens : num_keys, :num_keys]
 
-        attn_scores = queries @ keys.transpose(2, 3)  # (b, h, n, n)
-        attn_scores = attn_scores.masked_fill(self.mask[:num_tokens, :num_tokens], -torch.inf)
-        attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
-        attn_weights = self.dropout(attn_weights)
+        if self.fused:
+            # is_causal lets PyTorch pick its flash kernel; it aligns the mask to the top left,
+            # so it only fits when nothing is cached. One new query may see every key.
+            causal = num_tokens == num_keys and num_tokens > 1
+            partial = num_tokens != num_keys and num_tokens > 1
+            context = F.scaled_dot_product_attention(
+                queries,
+                keys,
+                values,
+                attn_mask=~future if partial else None,
+                dropout_p=self.dropout.p if self.training else 0.0,
+                is_causal=causal,
+            )
+        else:
+            attn_scores = queries @ keys.transpose(2, 3)  # (b, h, n, num_keys)
+            attn_scores = attn_scores.masked_fill(future, -torch.inf)
+            attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
+            attn_weights = self.dropout(attn_weights)
+            context = attn_weights @ values  # (b, h, n, d_head)
 
-        context = (attn_weights @ values).transpose(1, 2)  # (b, n, h, d_head)
-        context = context.contiguous().view(b, num_tokens, self.d_out)
+        context = context.transpose(1, 2).contiguous().view(b, num_tokens, self.d_out)
         return self.out_proj(context)

@@ -97,14 +97,15 @@ class TransformerBlock(nn.Module):
             dropout=cfg["drop_rate"],
             num_heads=cfg["n_heads"],
             qkv_bias=cfg["qkv_bias"],
+            fused=cfg.get("fused_attention", False),
         )
         self.ff = FeedForward(cfg)
         self.norm1 = LayerNorm(cfg["emb_dim"])
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))
+    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), use_cache=use_cache))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
@@ -112,8 +113,12 @@ class TransformerBlock(nn.Module):
 class GPTModel(nn.Module):
     """GPT-2 style language model.
 
-    cfg keys: vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias.
-    forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size)
+    cfg keys: vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias; and,
+    optionally, fused_attention (default False): the fast attention path of MultiHeadAttention,
+    with the same weights and results.
+    forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size).
+    forward(..., use_cache=True) is for generation: the ids continue the ones seen since the last
+    reset_kv_cache(), their keys and values are cached, and only the new ids need passing.
     """
 
     def __init__(self, cfg: dict):
@@ -125,18 +130,30 @@ class GPTModel(nn.Module):
         self.trf_blocks = nn.Sequential(*(TransformerBlock(cfg) for _ in range(cfg["n_layers"])))
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
+        self.cached_tokens = 0  # positions held in the KV cache
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def reset_kv_cache(self) -> None:
+        """Empty the key/value cache of every attention layer."""
+        self.cached_tokens = 0
+        for block in self.trf_blocks:
+            block.att.reset_cache()
+
+    def forward(self, in_idx: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
         batch_size, seq_len = in_idx.shape
-        if seq_len > self.context_length:
+        start = self.cached_tokens if use_cache else 0
+        if start + seq_len > self.context_length:
+            held = f" after {start} cached tokens" if start else ""
             raise ValueError(
-                f"input has {seq_len} tokens but the model's context_length is "
+                f"input has {seq_len} tokens{held} but the model's context_length is "
                 f"{self.context_length}; crop the input to its last {self.context_length} tokens"
             )
         tok_embeds = self.tok_emb(in_idx)
-        pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))
+        pos_embeds = self.pos_emb(torch.arange(start, start + seq_len, device=in_idx.device))
         x = self.drop_emb(tok_embeds + pos_embeds)
-        x = self.trf_blocks(x)
+        for block in self.trf_blocks:
+            x = block(x, use_cache=use_cache)
+        if use_cache:
+            self.cached_tokens += seq_len
         x = self.final_norm(x)
         return self.out_head(x)
 
