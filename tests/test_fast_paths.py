@@ -1,0 +1,82 @@
+"""The fast paths (fused attention, KV cache) give the plain path's results with its weights."""
+
+import pytest
+import torch
+
+from shared.attention import MultiHeadAttention
+from shared.gpt import GPTModel
+
+TINY = {
+    "vocab_size": 97,
+    "context_length": 24,
+    "emb_dim": 48,
+    "n_heads": 4,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": True,
+}
+
+
+def twin_models(**overrides) -> tuple[GPTModel, GPTModel]:
+    """A plain and a fused GPTModel holding the same weights, in eval mode."""
+    torch.manual_seed(1)
+    plain = GPTModel({**TINY, **overrides}).eval()
+    fused = GPTModel({**TINY, **overrides, "fused_attention": True}).eval()
+    fused.load_state_dict(plain.state_dict())  # same keys, so this is strict
+    return plain, fused
+
+
+@pytest.mark.parametrize("batch_size", [1, 5])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_fused_attention_equals_plain(batch_size, qkv_bias):
+    torch.manual_seed(0)
+    plain = MultiHeadAttention(
+        16, 32, context_length=12, dropout=0.0, num_heads=4, qkv_bias=qkv_bias
+    )
+    fused = MultiHeadAttention(16, 32, 12, 0.0, 4, qkv_bias=qkv_bias, fused=True)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.randn(batch_size, 12, 16)
+    torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_fused_model_equals_plain_and_shares_state_dict_keys():
+    plain, fused = twin_models()
+    assert list(plain.state_dict()) == list(fused.state_dict())
+    ids = torch.randint(0, TINY["vocab_size"], (3, TINY["context_length"]))
+    torch.testing.assert_close(fused(ids), plain(ids), atol=1e-5, rtol=0)
+
+
+def test_fused_gradients_equal_plain():
+    plain, fused = twin_models()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 10))
+    for model in (plain, fused):
+        model(ids).logsumexp(-1).mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cached_forward_equals_full_forward(fused):
+    model = twin_models()[int(fused)]
+    ids = torch.randint(0, TINY["vocab_size"], (2, 20))
+    full = model(ids)
+    model.reset_kv_cache()
+    pieces = [model(ids[:, a:b], use_cache=True) for a, b in [(0, 7), (7, 8), (8, 13), (13, 20)]]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
+    assert model.cached_tokens == 20
+
+
+def test_cache_beyond_context_is_a_clear_error():
+    model = twin_models()[0]
+    model.reset_kv_cache()
+    model(torch.zeros(1, 20, dtype=torch.long), use_cache=True)
+    with pytest.raises(ValueError, match="after 20 cached tokens.*context_length is 24"):
+        model(torch.zeros(1, 5, dtype=torch.long), use_cache=True)
+
+
+def test_reset_empties_the_cache():
+    model = twin_models()[1]
+    ids = torch.randint(0, TINY["vocab_size"], (1, 6))
+    first = model(ids, use_cache=True)
+    model.reset_kv_cache()
+    torch.testing.assert_close(model(ids, use_cache=True), first)
