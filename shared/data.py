@@ -164,7 +164,13 @@ def fetch(spec: str | DataFile, *, quiet: bool = False) -> Path:
 
     try:
         _download_verified(spec, cached, quiet=quiet)
-    except (urllib.error.URLError, OSError, CorruptDataError, zipfile.BadZipFile) as err:
+    except (
+        urllib.error.URLError,
+        http.client.HTTPException,
+        OSError,
+        CorruptDataError,
+        zipfile.BadZipFile,
+    ) as err:
         raise DataUnavailableError(_unavailable_message(spec, err)) from None
     return cached
 

@@ -64,10 +64,12 @@ class Server:
 
     ``routes[path] = (body, announced_length)``: the server announces ``announced_length`` bytes
     (``None``: the body's true length) and sends ``body``, then closes the connection.
+    ``raw[path]``: bytes sent as they are, in place of an HTTP response.
     """
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[bytes, int | None]] = {}
+        self.raw: dict[str, bytes] = {}
         self.hits: dict[str, int] = {}
         self.base = ""
 
@@ -80,6 +82,10 @@ def make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
             server.hits[self.path] = server.hits.get(self.path, 0) + 1
+            if self.path in server.raw:
+                self.wfile.write(server.raw[self.path])
+                self.close_connection = True
+                return
             if self.path not in server.routes:
                 self.send_error(404)
                 return
@@ -391,6 +397,16 @@ def test_missing_on_the_server_is_unavailable(dirs, server):
     cache, _ = dirs
     spec = DataFile("f.bin", server.base + "/nowhere.bin", sha256=sha(b"x"))
     with pytest.raises(DataUnavailableError, match="404"):
+        data.fetch(spec, quiet=True)
+    assert leftovers(cache) == []
+
+
+def test_a_reply_that_is_not_http_is_unavailable(dirs, server):
+    """Something that is not an HTTP server answers (a misconfigured proxy, say)."""
+    cache, _ = dirs
+    server.raw["/f.bin"] = b"NOT HTTP AT ALL\r\n\r\n"
+    spec = DataFile("f.bin", server.base + "/f.bin", sha256=sha(b"x"))
+    with pytest.raises(DataUnavailableError, match="NOT HTTP AT ALL"):
         data.fetch(spec, quiet=True)
     assert leftovers(cache) == []
 

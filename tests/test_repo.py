@@ -95,6 +95,11 @@ def test_ci_runs_the_readme_test_command():
     assert command in (line.strip() for line in ci_lines), f".ci/run does not run: {command}"
 
 
+def test_setup_guide_shows_the_same_test_command():
+    command = readme_test_command((REPO / "README.md").read_text(encoding="utf-8"))
+    assert command in (REPO / "setup" / "README.md").read_text(encoding="utf-8").splitlines()
+
+
 def test_notebooks_are_found():
     assert REPO / "setup" / "python_environment_check.ipynb" in NOTEBOOKS
     assert not any(part.startswith(".") for nb in NOTEBOOKS for part in nb.relative_to(REPO).parts)
