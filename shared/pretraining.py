@@ -1,0 +1,313 @@
+"""Pretraining of Chapter 5: the loss, the training loop, decoding strategies and checkpoints.
+
+Shapes: b = batch size, n = number of tokens, V = vocab_size.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+from tqdm import tqdm
+
+from shared.tokenizers import END_OF_TEXT
+
+
+def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
+    """Encode text (``<|endoftext|>`` allowed) into a batch of one: LongTensor (1, n)."""
+    encoded = tokenizer.encode(text, allowed_special={END_OF_TEXT})
+    return torch.tensor(encoded, dtype=torch.long).unsqueeze(0)
+
+
+def token_ids_to_text(token_ids: torch.Tensor, tokenizer) -> str:
+    """Decode token ids of shape (n,) or (1, n) back into text."""
+    if token_ids.dim() == 2:
+        if token_ids.shape[0] != 1:
+            raise ValueError(
+                f"token_ids has shape {tuple(token_ids.shape)}; pass one sequence, "
+                "(n,) or (1, n), or decode the rows of a batch one by one"
+            )
+        token_ids = token_ids[0]
+    elif token_ids.dim() != 1:
+        raise ValueError(f"token_ids must be (n,) or (1, n), got {tuple(token_ids.shape)}")
+    return tokenizer.decode(token_ids.tolist())
+
+
+def calc_loss_batch(
+    input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module, device
+) -> torch.Tensor:
+    """Mean cross-entropy of the model's next-token predictions for one batch.
+
+    input_batch, target_batch: (b, n) token ids; targets equal to -100 are ignored.
+    Returns a scalar tensor (with gradient when the model is trained).
+    """
+    input_batch = input_batch.to(device)
+    target_batch = target_batch.to(device)
+    logits = model(input_batch)  # (b, n, V)
+    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+
+
+def calc_loss_loader(
+    data_loader, model: nn.Module, device, num_batches: int | None = None
+) -> float:
+    """Average calc_loss_batch over the first num_batches batches (all when None) of a loader.
+
+    Raises ValueError when the loader yields no batch, instead of returning nan.
+    """
+    if len(data_loader) == 0:
+        raise ValueError(
+            "the data loader yields no batches (too little text for one batch, e.g. with "
+            "drop_last=True); use more text, a smaller batch_size or a shorter context"
+        )
+    if num_batches is None:
+        num_batches = len(data_loader)
+    else:
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
+        num_batches = min(num_batches, len(data_loader))
+    total = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+    return total / num_batches
+
+
+def evaluate_model(
+    model: nn.Module, train_loader, val_loader, device, eval_iter: int
+) -> tuple[float, float]:
+    """Training and validation loss over eval_iter batches each, in eval mode without gradients.
+
+    The model is put back into training mode afterwards.
+    """
+    model.eval()
+    with torch.no_grad():
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+    model.train()
+    return train_loss, val_loss
+
+
+def generate_and_print_sample(model: nn.Module, tokenizer, device, start_context: str) -> str:
+    """Greedily continue start_context by 50 tokens, print the text on one line and return it."""
+    model.eval()
+    context_size = model.pos_emb.weight.shape[0]
+    encoded = text_to_token_ids(start_context, tokenizer).to(device)
+    with torch.no_grad():
+        token_ids = generate(model, encoded, max_new_tokens=50, context_size=context_size)
+    text = token_ids_to_text(token_ids.cpu(), tokenizer).replace("\n", " ")
+    tqdm.write(text)
+    model.train()
+    return text
+
+
+def train_model_simple(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    optimizer: torch.optim.Optimizer,
+    device,
+    num_epochs: int,
+    eval_freq: int,
+    eval_iter: int,
+    start_context: str,
+    tokenizer,
+) -> tuple[list[float], list[float], list[int]]:
+    """Train for num_epochs over train_loader, minimising calc_loss_batch.
+
+    Every eval_freq optimizer steps (starting with the first) it evaluates on eval_iter batches
+    of each loader and prints the losses; after each epoch it prints a greedy continuation of
+    start_context. A tqdm bar counts the steps.
+    Returns (train_losses, val_losses, track_tokens_seen), one entry per evaluation.
+    """
+    if eval_freq < 1 or eval_iter < 1:
+        raise ValueError(f"eval_freq ({eval_freq}) and eval_iter ({eval_iter}) must be >= 1")
+    if len(train_loader) == 0:
+        raise ValueError("the training loader yields no batches; there is nothing to train on")
+    train_losses, val_losses, track_tokens_seen = [], [], []
+    tokens_seen, global_step = 0, 0
+
+    model.train()
+    with tqdm(total=num_epochs * len(train_loader), desc="Training", unit="step") as bar:
+        for epoch in range(num_epochs):
+            for input_batch, target_batch in train_loader:
+                optimizer.zero_grad()
+                loss = calc_loss_batch(input_batch, target_batch, model, device)
+                loss.backward()
+                optimizer.step()
+                tokens_seen += input_batch.numel()
+
+                if global_step % eval_freq == 0:
+                    train_loss, val_loss = evaluate_model(
+                        model, train_loader, val_loader, device, eval_iter
+                    )
+                    train_losses.append(train_loss)
+                    val_losses.append(val_loss)
+                    track_tokens_seen.append(tokens_seen)
+                    tqdm.write(
+                        f"Ep {epoch + 1} (Step {global_step:06d}): "
+                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+                    )
+                global_step += 1
+                bar.update(1)
+            generate_and_print_sample(model, tokenizer, device, start_context)
+    return train_losses, val_losses, track_tokens_seen
+
+
+def generate(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+) -> torch.Tensor:
+    """Extend the token ids idx (b, n) by up to max_new_tokens tokens.
+
+    The model sees the last context_size tokens. temperature 0 picks the most likely token
+    (greedy); temperature > 0 samples from softmax(logits / temperature), restricted to the
+    top_k most likely tokens when top_k is given (the others get logit -inf). When eos_id is
+    produced, generation stops and eos_id is not appended; in a batch, generation stops once
+    every row has produced it, and rows that finished earlier are padded with eos_id.
+    Returns (b, n + m) with m <= max_new_tokens. Runs without gradients; the caller chooses
+    eval or train mode.
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(idx[:, -context_size:])[:, -1, :]  # (b, V)
+        if top_k is not None and top_k < logits.shape[-1]:
+            kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
+            logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+        if temperature > 0.0:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            idx_next = torch.multinomial(probs, num_samples=1)  # (b, 1)
+        else:
+            idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (b, 1)
+        if eos_id is not None:
+            idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
+            finished |= idx_next.squeeze(1) == eos_id
+            if finished.all():
+                break
+        idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def plot_losses(
+    epochs_seen: Iterable[float],
+    tokens_seen: Iterable[int],
+    train_losses: Iterable[float],
+    val_losses: Iterable[float],
+):
+    """Plot training and validation loss against epochs, with tokens seen on a second x-axis.
+
+    All four sequences have one entry per evaluation. Returns the matplotlib figure.
+    """
+    fig, ax1 = plt.subplots(figsize=(5, 3))
+    ax1.plot(epochs_seen, train_losses, label="Training loss")
+    ax1.plot(epochs_seen, val_losses, linestyle="-.", label="Validation loss")
+    ax1.set_xlabel("Epochs")
+    ax1.set_ylabel("Loss")
+    ax1.legend(loc="upper right")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2 = ax1.twiny()  # same curves, measured in tokens instead of epochs
+    ax2.plot(tokens_seen, train_losses, alpha=0)
+    ax2.set_xlabel("Tokens seen")
+    fig.tight_layout()
+    return fig
+
+
+_SAFE_TYPES = (type(None), bool, int, float, str, torch.Tensor)
+
+
+def _check_loadable(value, name: str) -> None:
+    """Raise TypeError unless value is something torch.load(weights_only=True) can read back."""
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_loadable(item, f"{name}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_loadable(item, f"{name}[{key!r}]")
+    elif not isinstance(value, _SAFE_TYPES):
+        raise TypeError(
+            f"checkpoint entry {name} is a {type(value).__name__}; store only numbers, strings, "
+            "tensors and lists/dicts of them, so the checkpoint loads with weights_only=True"
+        )
+
+
+def save_checkpoint(
+    path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra
+):
+    """Save the model's (and optimizer's) state plus extra entries (e.g. epoch=3) to path.
+
+    The file is written to a temporary file in the same directory and renamed into place, so an
+    interrupted save never damages an existing checkpoint. extra values must be plain data
+    (numbers, strings, tensors, lists and dicts of them). Returns the path.
+    """
+    path = Path(path)
+    _check_loadable(extra, "extra")
+    checkpoint = {"model_state_dict": model.state_dict(), "extra": extra}
+    if optimizer is not None:
+        checkpoint["optimizer_state_dict"] = optimizer.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp_name)
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(
+    path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, map_location="cpu"
+) -> dict:
+    """Load a save_checkpoint file into model (and optimizer); return its extra entries.
+
+    Reads with torch.load(weights_only=True), so a file cannot run code. Raises ValueError
+    naming the tensor and both shapes when a tensor does not fit the model, and naming the
+    missing or unexpected entries when the state does not match the model's.
+    """
+    path = Path(path)
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint")
+    state = checkpoint["model_state_dict"]
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name in expected and tensor.shape != expected[name].shape:
+            raise ValueError(
+                f"checkpoint tensor '{name}' has shape {tuple(tensor.shape)}, but the model's "
+                f"has shape {tuple(expected[name].shape)}; build the model with the config the "
+                "checkpoint was trained with"
+            )
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the model: missing {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} ({len(missing)} in all), unexpected "
+            f"{unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)} in all)"
+        )
+    model.load_state_dict(state)
+    if optimizer is not None:
+        if "optimizer_state_dict" not in checkpoint:
+            raise ValueError(f"{path} holds no optimizer state; it was saved without an optimizer")
+        optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
+    return dict(checkpoint.get("extra", {}))
