@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from shared.attention import MultiHeadAttention
@@ -38,16 +39,20 @@ class LayerNorm(nn.Module):
     """Normalise the last dimension to mean 0 and variance 1, then scale and shift.
 
     Uses the biased variance (divide by d) and eps=1e-5, like torch.nn.LayerNorm.
+    fused=True computes the same with PyTorch's single layer_norm kernel.
     forward: x (..., d) -> (..., d)
     """
 
-    def __init__(self, emb_dim: int, eps: float = 1e-5):
+    def __init__(self, emb_dim: int, eps: float = 1e-5, fused: bool = False):
         super().__init__()
         self.eps = eps
+        self.fused = fused
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
         mean = x.mean(dim=-1, keepdim=True)
         var = x.var(dim=-1, keepdim=True, unbiased=False)
         norm_x = (x - mean) / torch.sqrt(var + self.eps)
@@ -57,10 +62,17 @@ class LayerNorm(nn.Module):
 class GELU(nn.Module):
     """Gaussian error linear unit, in the tanh approximation that GPT-2 used.
 
+    fused=True computes the same with PyTorch's single gelu kernel.
     forward: x (any shape) -> same shape
     """
 
+    def __init__(self, fused: bool = False):
+        super().__init__()
+        self.fused = fused
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return F.gelu(x, approximate="tanh")
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
@@ -74,7 +86,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
-            GELU(),
+            GELU(fused=cfg.get("fused_kernels", False)),
             nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
         )
 
@@ -97,11 +109,11 @@ class TransformerBlock(nn.Module):
             dropout=cfg["drop_rate"],
             num_heads=cfg["n_heads"],
             qkv_bias=cfg["qkv_bias"],
-            fused=cfg.get("fused_attention", False),
+            fused=cfg.get("fused_kernels", False),
         )
         self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"])
-        self.norm2 = LayerNorm(cfg["emb_dim"])
+        self.norm1 = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
+        self.norm2 = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
         self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
 
     def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
@@ -114,8 +126,9 @@ class GPTModel(nn.Module):
     """GPT-2 style language model.
 
     cfg keys: vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias; and,
-    optionally, fused_attention (default False): the fast attention path of MultiHeadAttention,
-    with the same weights and results.
+    optionally, fused_kernels (default False): the fast path, with the same weights and results,
+    that uses PyTorch's fused kernels for attention (scaled_dot_product_attention, one QKV
+    product), layer norm and GELU.
     forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size).
     forward(..., use_cache=True) is for generation: the ids continue the ones seen since the last
     reset_kv_cache(), their keys and values are cached, and only the new ids need passing.
@@ -128,7 +141,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(cfg["drop_rate"])
         self.trf_blocks = nn.Sequential(*(TransformerBlock(cfg) for _ in range(cfg["n_layers"])))
-        self.final_norm = LayerNorm(cfg["emb_dim"])
+        self.final_norm = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
         self.cached_tokens = 0  # positions held in the KV cache
 

@@ -21,7 +21,7 @@ def twin_models(**overrides) -> tuple[GPTModel, GPTModel]:
     """A plain and a fused GPTModel holding the same weights, in eval mode."""
     torch.manual_seed(1)
     plain = GPTModel({**TINY, **overrides}).eval()
-    fused = GPTModel({**TINY, **overrides, "fused_attention": True}).eval()
+    fused = GPTModel({**TINY, **overrides, "fused_kernels": True}).eval()
     fused.load_state_dict(plain.state_dict())  # same keys, so this is strict
     return plain, fused
 
@@ -80,3 +80,17 @@ def test_reset_empties_the_cache():
     first = model(ids, use_cache=True)
     model.reset_kv_cache()
     torch.testing.assert_close(model(ids, use_cache=True), first)
+
+
+def test_fused_layer_norm_and_gelu_equal_plain():
+    from shared.gpt import GELU, LayerNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 48) * 3
+    plain, fused = LayerNorm(48), LayerNorm(48, fused=True)
+    with torch.no_grad():
+        plain.scale.uniform_(0.5, 1.5)
+        plain.shift.uniform_(-0.5, 0.5)
+    fused.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(GELU(fused=True)(x), GELU()(x), atol=1e-5, rtol=0)
