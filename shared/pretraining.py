@@ -169,6 +169,7 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int | None = None,
+    use_cache: bool = False,
 ) -> torch.Tensor:
     """Extend the token ids idx (b, n) by up to max_new_tokens tokens.
 
@@ -179,6 +180,11 @@ def generate(
     every row has produced it, and rows that finished earlier are padded with eos_id.
     Returns (b, n + m) with m <= max_new_tokens. Runs without gradients; the caller chooses
     eval or train mode.
+
+    use_cache=True (a GPTModel) gives the same tokens faster: the keys and values of tokens
+    already seen are cached, so each step only processes the newest token. Once the window of
+    context_size tokens is full it slides, which shifts every token's absolute position, so
+    from then on the cache is refilled from the window at each step.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -188,9 +194,17 @@ def generate(
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
 
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    if use_cache:
+        model.reset_kv_cache()
     for _ in range(max_new_tokens):
         with torch.no_grad():
-            logits = model(idx[:, -context_size:])[:, -1, :]  # (b, V)
+            if not use_cache:
+                logits = model(idx[:, -context_size:])[:, -1, :]  # (b, V)
+            elif 0 < model.cached_tokens < context_size:
+                logits = model(idx[:, -1:], use_cache=True)[:, -1, :]
+            else:  # first step, or the window slides: fill the cache from the window
+                model.reset_kv_cache()
+                logits = model(idx[:, -context_size:], use_cache=True)[:, -1, :]
         if top_k is not None and top_k < logits.shape[-1]:
             kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
             logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -205,6 +219,8 @@ def generate(
             if finished.all():
                 break
         idx = torch.cat((idx, idx_next), dim=1)
+    if use_cache:
+        model.reset_kv_cache()  # free the cache's memory
     return idx
 
 

@@ -94,3 +94,26 @@ def test_fused_layer_norm_and_gelu_equal_plain():
     fused.load_state_dict(plain.state_dict())
     torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=0)
     torch.testing.assert_close(GELU(fused=True)(x), GELU()(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("max_new_tokens", [5, 40])  # 40 runs well past the 24-token context
+def test_cached_generation_equals_uncached(fused, max_new_tokens):
+    from shared.pretraining import generate
+
+    model = twin_models()[int(fused)]
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 6))
+    args = dict(max_new_tokens=max_new_tokens, context_size=TINY["context_length"])
+    plain = generate(model, prompt, **args)
+    cached = generate(model, prompt, **args, use_cache=True)
+    assert plain.shape == (2, 6 + max_new_tokens)
+    assert torch.equal(cached, plain)
+    # sampling with a seed draws the same tokens too
+    sampled = [
+        (
+            torch.manual_seed(7),
+            generate(model, prompt, **args, temperature=1.0, top_k=5, use_cache=c),
+        )[1]
+        for c in (False, True)
+    ]
+    assert torch.equal(sampled[0], sampled[1])
