@@ -154,6 +154,17 @@ def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     return merged
 
 
+def most_frequent_pair(
+    pair_counts: dict[tuple[int, int], int], vocab: dict[int, bytes]
+) -> tuple[int, int]:
+    """The pair with the highest count; ties go to the pair whose bytes (vocab) sort first."""
+    top = max(pair_counts.values())
+    return min(
+        (pair for pair, count in pair_counts.items() if count == top),
+        key=lambda pair: (vocab[pair[0]], vocab[pair[1]]),
+    )
+
+
 def split_special(text: str, special_tokens: Collection[str]) -> list[str]:
     """Cut text around occurrences of ``special_tokens``, keeping them as pieces of their own."""
     if not special_tokens:
@@ -234,15 +245,11 @@ class BPETokenizer:
         vocab = {byte: bytes([byte]) for byte in range(256)}
         merges: dict[tuple[int, int], int] = {}
         while len(vocab) + len(special_tokens) < vocab_size and pair_counts:
-            top = max(pair_counts.values())
-            best = min(
-                (pair for pair, count in pair_counts.items() if count == top),
-                key=lambda pair: (vocab[pair[0]], vocab[pair[1]]),
-            )
+            best = most_frequent_pair(pair_counts, vocab)
             new_id = len(vocab)
             merges[best] = new_id
             vocab[new_id] = vocab[best[0]] + vocab[best[1]]
-            for index in words_with.pop(best):
+            for index in words_with.pop(best):  # only the words that contain the pair change
                 word, freq = words[index], freqs[index]
                 for pair in zip(word, word[1:]):
                     pair_counts[pair] -= freq

@@ -98,3 +98,11 @@ def test_notebook_dataset_matches_shared(verdict):
             assert all(torch.equal(a, b) for a, b in zip(ours[index], theirs[index]))
     with pytest.raises(ValueError, match="too few"):
         notebook["GPTDatasetV1"]("Far too short.", gpt2_tokenizer(), 8, 4)
+
+    settings = {"batch_size": 8, "max_length": 4, "stride": 4, "shuffle": False}
+    ours = list(notebook["create_dataloader_v1"](verdict, **settings))
+    theirs = list(create_dataloader_v1(verdict, **settings))
+    assert len(ours) == len(theirs) == 160
+    assert all(torch.equal(a, b) for x, y in zip(ours, theirs) for a, b in zip(x, y))
+    with pytest.raises(ValueError, match="fewer than batch_size=64"):
+        notebook["create_dataloader_v1"](verdict[:2_000], 64, 16, 16)

@@ -154,6 +154,8 @@ def notebook():
 
 def test_notebook_tokenizers_match_shared(notebook, verdict):
     vocab = build_vocab(verdict, [END_OF_TEXT, UNKNOWN])
+    assert notebook["build_vocab"](verdict, [END_OF_TEXT, UNKNOWN]) == vocab
+    assert notebook["split_text"](verdict) == split_text(verdict)
     text = f"{SAMPLE} {END_OF_TEXT} Hello -- (a test); x: _y_ !?"
     for name, shared_class in [
         ("SimpleTokenizerV1", SimpleTokenizerV1),
