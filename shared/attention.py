@@ -164,7 +164,9 @@ class MultiHeadAttention(nn.Module):
     def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head)."""
         layers = (self.W_query, self.W_key, self.W_value)
-        if not self.fused:
+        # Fusing pays for concatenating the weights only when there are many tokens; one token
+        # (a cached generation step) is faster with the three products as they are.
+        if not self.fused or x.shape[1] == 1:
             return tuple(self.split_heads(layer(x)) for layer in layers)
         weight = torch.cat([layer.weight for layer in layers])
         bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])

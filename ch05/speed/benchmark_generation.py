@@ -1,0 +1,117 @@
+"""Greedy generation with and without the KV cache, beside transformers' generate, in one run.
+
+A GPT-2-shaped model (124M by default) with random weights is built in transformers, and the
+same weights are loaded into the course's GPTModel with shared.gpt2_weights, so every variant
+computes the same function. Batch 1, greedy, a fixed number of new tokens. Prints seconds and
+tokens per second for each variant, the speed-ups, and whether the tokens agree.
+
+    python ch05/speed/benchmark_generation.py
+    python ch05/speed/benchmark_generation.py --new-tokens 200 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
+from shared.gpt2_weights import load_weights_into_gpt
+from shared.pretraining import generate
+
+
+def reference_model(cfg: dict):
+    """transformers' GPT2LMHeadModel of cfg's shape with seeded random weights, eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(123)
+    config = GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_positions=cfg["context_length"],
+        n_embd=cfg["emb_dim"],
+        n_layer=cfg["n_layers"],
+        n_head=cfg["n_heads"],
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
+    """(fastest wall time of fn() over repeats, its last result)."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="124M", choices=GPT2_MODEL_CONFIGS)
+    parser.add_argument("--prompt-tokens", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    args = parser.parse_args(argv)
+
+    cfg = GPT2_MODEL_CONFIGS[args.size]
+    reference = reference_model(cfg)
+    params = reference.state_dict()  # transformers' key layout, loaded as GPT-2 weights are
+    course = {}
+    for fused in (False, True):
+        model = GPTModel({**cfg, "fused_kernels": fused}).eval()
+        load_weights_into_gpt(model, params)
+        course[fused] = model
+
+    prompt = torch.randint(
+        0, cfg["vocab_size"], (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0)
+    )
+    n = args.new_tokens
+    context = cfg["context_length"]
+
+    def course_run(fused: bool, use_cache: bool):
+        return lambda: generate(course[fused], prompt, n, context, use_cache=use_cache)
+
+    def reference_run():
+        with torch.no_grad():
+            return reference.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=cfg["vocab_size"] - 1,
+            )
+
+    runs = {
+        "course, plain, no cache": course_run(False, False),
+        "course, plain, KV cache": course_run(False, True),
+        "course, fused, KV cache": course_run(True, True),
+        "reference (transformers generate, cache)": reference_run,
+    }
+    results = {name: best_time(fn, args.repeats) for name, fn in runs.items()}
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"GPT-2 {args.size} shape, batch 1, greedy, {args.prompt_tokens} prompt + {n} new tokens")
+    print()
+    ref_seconds = results["reference (transformers generate, cache)"][0]
+    uncached_seconds = results["course, plain, no cache"][0]
+    header = f"{'variant':42s} {'seconds':>8s} {'tokens/s':>9s} {'vs uncached':>12s} {'vs ref':>7s}"
+    print(header)
+    print("-" * len(header))
+    for name, (seconds, _) in results.items():
+        print(
+            f"{name:42s} {seconds:8.2f} {n / seconds:9.1f} {uncached_seconds / seconds:11.2f}x "
+            f"{ref_seconds / seconds:6.2f}x"
+        )
+    tokens = {name: ids[0, -n:] for name, (_, ids) in results.items()}
+    baseline = tokens["course, plain, no cache"]
+    print()
+    for name, ids in tokens.items():
+        same = torch.equal(ids, baseline)
+        print(f"tokens of {name!r} equal the uncached course tokens: {same}")
+
+
+if __name__ == "__main__":
+    main()
