@@ -6,7 +6,6 @@ Shapes: b = batch size, n = number of tokens, V = vocab_size.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -281,14 +280,25 @@ def save_checkpoint(
     if optimizer is not None:
         checkpoint["optimizer_state_dict"] = optimizer.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(checkpoint, tmp_name)
-        os.replace(tmp_name, path)
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def read_checkpoint_extra(path) -> dict:
+    """The extra entries of a save_checkpoint file (e.g. its model config), without a model.
+
+    Memory-maps the file (torch.load(mmap=True, weights_only=True)), so the tensors are not read.
+    """
+    path = Path(path)
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint")
+    return dict(checkpoint.get("extra", {}))
 
 
 def load_checkpoint(

@@ -20,6 +20,7 @@ from shared.pretraining import (
     generate,
     load_checkpoint,
     plot_losses,
+    read_checkpoint_extra,
     save_checkpoint,
     text_to_token_ids,
     token_ids_to_text,
@@ -334,6 +335,7 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
     path = save_checkpoint(tmp_path / "sub" / "model.pth", model, optimizer, epoch=3, note="hi")
     fresh = tiny_model(seed=2)
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    assert read_checkpoint_extra(path) == {"epoch": 3, "note": "hi"}
     assert load_checkpoint(path, fresh, fresh_optimizer) == {"epoch": 3, "note": "hi"}
     for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b), name

@@ -1,0 +1,270 @@
+"""ch05/train.py and ch05/generate.py, end to end on tiny settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import shared.data
+from shared.data import fetch
+from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
+from shared.pretraining import (
+    generate,
+    load_checkpoint,
+    read_checkpoint_extra,
+    save_checkpoint,
+    text_to_token_ids,
+    token_ids_to_text,
+)
+from shared.tokenizers import gpt2_tokenizer
+from tests.test_pretraining import one_thread  # noqa: F401  (autouse: tiny models, one thread)
+
+REPO = Path(__file__).resolve().parent.parent
+TRAIN = REPO / "ch05" / "train.py"
+GENERATE = REPO / "ch05" / "generate.py"
+
+TINY_ARGS = ["--model", "tiny", "--context-length", "16", "--batch-size", "4", "--lr", "3e-3"]
+TINY_ARGS += ["--eval-freq", "10"]
+
+
+def run(script: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    result = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def load_script(path: Path):
+    """Import a script as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location(f"ch05_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main_error(script: Path, *args) -> str:
+    """Run a script's main() in this process; return its error message (it must exit)."""
+    with pytest.raises(SystemExit) as exit_info:
+        load_script(script).main([str(a) for a in args])
+    return str(exit_info.value)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The first 6,000 characters of The Verdict (about 1,500 tokens)."""
+    path = tmp_path_factory.mktemp("data") / "verdict-part.txt"
+    path.write_text(fetch("the-verdict").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory) -> Path:
+    """A tiny model trained for two epochs by train.py; returns its checkpoint directory."""
+    out = tmp_path_factory.mktemp("run")
+    result = run(TRAIN, "--data", corpus, *TINY_ARGS, "--epochs", "2", "--checkpoint-dir", out)
+    assert "Ep 2 (Step" in result.stdout and "Final train loss" in result.stdout
+    assert "Training" in result.stderr  # the progress bar
+    return out
+
+
+def test_help():
+    for script, option in ((TRAIN, "--checkpoint-dir"), (GENERATE, "--top-k")):
+        result = run(script, "--help")
+        assert option in result.stdout and "usage" in result.stdout
+
+
+def test_train_writes_checkpoint_plot_and_lowers_the_loss(trained):
+    assert (trained / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    extra = read_checkpoint_extra(trained / "last.pth")
+    assert extra["epoch"] == 2
+    assert extra["config"]["emb_dim"] == 64 and extra["config"]["context_length"] == 16
+    losses = extra["train_losses"]
+    assert len(losses) == len(extra["val_losses"]) == len(extra["track_tokens_seen"]) >= 3
+    assert losses[0] > 10.5 and losses[-1] < losses[0] - 1.0
+    assert extra["tokens_seen"] == extra["global_step"] * 4 * 16
+
+
+def test_resume_continues_exactly(corpus, trained, tmp_path):
+    run(TRAIN, "--data", corpus, *TINY_ARGS, "--epochs", "1", "--checkpoint-dir", tmp_path)
+    assert read_checkpoint_extra(tmp_path / "last.pth")["epoch"] == 1
+    result = run(
+        TRAIN,
+        "--data",
+        corpus,
+        *TINY_ARGS,
+        "--epochs",
+        "2",
+        "--checkpoint-dir",
+        tmp_path,
+        "--resume",
+    )
+    assert "Resuming from" in result.stdout and "after epoch 1" in result.stdout
+    resumed = read_checkpoint_extra(tmp_path / "last.pth")
+    straight = read_checkpoint_extra(trained / "last.pth")
+    assert resumed["global_step"] == straight["global_step"]
+    assert resumed["train_losses"] == pytest.approx(straight["train_losses"], rel=1e-5)
+    assert resumed["val_losses"] == pytest.approx(straight["val_losses"], rel=1e-5)
+
+
+def test_resume_with_another_model_is_refused(corpus, trained, tmp_path):
+    (tmp_path / "last.pth").write_bytes((trained / "last.pth").read_bytes())
+    args = ["--data", corpus, "--model", "small", "--context-length", "16"]
+    message = main_error(TRAIN, *args, "--epochs", "3", "--checkpoint-dir", tmp_path, "--resume")
+    assert "pass the same --model" in message and "'emb_dim': 64" in message
+
+
+def test_train_reports_bad_data_clearly(tmp_path):
+    message = main_error(TRAIN, "--data", tmp_path / "missing.txt")
+    assert message.startswith("error:") and "missing.txt does not exist" in message
+    short = tmp_path / "short.txt"
+    short.write_text("Just a few words.", encoding="utf-8")
+    assert "too few for one window" in main_error(TRAIN, "--data", short, *TINY_ARGS)
+    # The same message reaches a user of the command line, without a traceback.
+    result = run(TRAIN, "--data", short, *TINY_ARGS, check=False)
+    assert result.returncode == 1 and result.stderr.startswith("error: the text has")
+
+
+def test_generate_from_checkpoint(trained):
+    ckpt = trained / "last.pth"
+    prompt = "Every effort moves you"
+    greedy = run(
+        GENERATE,
+        "--checkpoint",
+        ckpt,
+        "--prompt",
+        prompt,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+    )
+    # The same greedy text, computed here from the checkpoint.
+    config = read_checkpoint_extra(ckpt)["config"]
+    model = GPTModel(config)
+    load_checkpoint(ckpt, model)
+    tokenizer = gpt2_tokenizer()
+    expected_ids = generate(
+        model.eval(), text_to_token_ids(prompt, tokenizer), 12, 16, eos_id=tokenizer.eot_token
+    )
+    assert greedy.stdout.splitlines()[0].startswith("Model: ")
+    assert greedy.stdout.split("\n", 1)[1].rstrip("\n") == token_ids_to_text(
+        expected_ids, tokenizer
+    )
+    sampled = run(GENERATE, "--checkpoint", ckpt, "--temperature", "1.5", "--seed", "7")
+    assert sampled.stdout.count(prompt) == 1 and sampled.stdout != greedy.stdout
+
+
+def test_generate_same_seed_same_text(trained, capsys):
+    args = ["--checkpoint", str(trained / "last.pth"), "--temperature", "1.5", "--top-k", "20"]
+    texts = []
+    for seed in ("7", "7", "8"):
+        load_script(GENERATE).main([*args, "--seed", seed])
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] != texts[2]
+
+
+def test_generate_reports_bad_checkpoints(tmp_path):
+    assert "does not exist" in main_error(GENERATE, "--checkpoint", tmp_path / "nope.pth")
+    save_checkpoint(tmp_path / "no-config.pth", torch.nn.Linear(2, 2))  # no config entry
+    assert "holds no model config" in main_error(
+        GENERATE, "--checkpoint", tmp_path / "no-config.pth"
+    )
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one model source only
+        load_script(GENERATE).main(["--checkpoint", "x.pth", "--gpt2", "124M"])
+    assert exit_info.value.code == 2
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty cache and mirror and no network (the tokenizer is built before, from the mirror)."""
+    gpt2_tokenizer()
+    monkeypatch.setenv(shared.data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(shared.data.MIRROR_ENV, str(tmp_path / "mirror"))
+
+    def unreachable(url, out, quiet=False):
+        raise urllib.error.URLError("network unreachable (test)")
+
+    monkeypatch.setattr(shared.data, "download_to", unreachable)
+    return tmp_path
+
+
+def test_generate_gpt2_offline_uses_the_standin(offline, capsys):
+    load_script(GENERATE).main(["--gpt2", "124M", "--max-new-tokens", "5", "--temperature", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(
+        "GPT-2 124M weights are not available (offline?); using the stand-in"
+    )
+    assert lines[1].startswith("Model: stand-in")
+    assert lines[2].startswith("Every effort moves you")
+
+
+def test_generate_gpt2_from_cached_weights(offline, monkeypatch, capsys):
+    config = {
+        "vocab_size": 50257,
+        "context_length": 32,
+        "emb_dim": 16,
+        "n_heads": 2,
+        "n_layers": 1,
+        "drop_rate": 0.0,
+        "qkv_bias": True,
+    }
+    torch.manual_seed(0)
+    d = config["emb_dim"]
+    params = {
+        "wte.weight": torch.randn(50257, d),
+        "wpe.weight": torch.randn(32, d),
+        "ln_f.weight": torch.ones(d),
+        "ln_f.bias": torch.zeros(d),
+    }
+    shapes = {
+        "ln_1.weight": (d,),
+        "ln_1.bias": (d,),
+        "attn.c_attn.weight": (d, 3 * d),
+        "attn.c_attn.bias": (3 * d,),
+        "attn.c_proj.weight": (d, d),
+        "attn.c_proj.bias": (d,),
+        "ln_2.weight": (d,),
+        "ln_2.bias": (d,),
+        "mlp.c_fc.weight": (d, 4 * d),
+        "mlp.c_fc.bias": (4 * d,),
+        "mlp.c_proj.weight": (4 * d, d),
+        "mlp.c_proj.bias": (d,),
+    }
+    params.update({f"h.0.{name}": torch.randn(shape) for name, shape in shapes.items()})
+    cached = offline / "cache" / "gpt2-124M" / "model.safetensors"
+    cached.parent.mkdir(parents=True)
+    save_file(params, cached)
+    monkeypatch.setitem(GPT2_MODEL_CONFIGS, "124M", config)
+    load_script(GENERATE).main(["--gpt2", "124M", "--max-new-tokens", "6", "--temperature", "0"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Model: OpenAI GPT-2 124M (gpt2)"
+    # The text equals greedy decoding with the same weights loaded here.
+    from shared.gpt2_weights import load_weights_into_gpt
+
+    model = GPTModel(config)
+    load_weights_into_gpt(model, params)
+    tokenizer = gpt2_tokenizer()
+    ids = generate(
+        model.eval(),
+        text_to_token_ids("Every effort moves you", tokenizer),
+        6,
+        32,
+        eos_id=tokenizer.eot_token,
+    )
+    assert "\n".join(out[1:]) == token_ids_to_text(ids, tokenizer)
