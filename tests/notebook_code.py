@@ -23,9 +23,12 @@ def notebook_definitions(notebook: str | Path) -> dict:
         if cell["cell_type"] != "code":
             continue
         source = "".join(cell["source"])
-        # IPython magics and shell escapes are not Python.
+        # IPython magics and shell escapes are not Python: keep the block structure with `pass`.
         source = "\n".join(
-            line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))
+            line[: len(line) - len(line.lstrip())] + "pass"
+            if line.lstrip().startswith(("%", "!"))
+            else line
+            for line in source.splitlines()
         )
         for node in ast.parse(source).body:
             is_constant = isinstance(node, ast.Assign) and all(
