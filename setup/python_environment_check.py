@@ -26,7 +26,7 @@ REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "requirements.txt"
 # requirements.txt without `-e .`, for when the script runs on its own (a test keeps them equal).
 BUILTIN_REQUIREMENTS = [
     "torch>=2.2",
-    "tiktoken>=0.7",
+    "tiktoken>=0.8",
     "regex>=2023.0",
     "jupyterlab>=4.0",
     "matplotlib>=3.7",
