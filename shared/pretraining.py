@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
@@ -16,7 +17,11 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm import tqdm
 
+from shared.distributed import get_world_size, is_main_process
 from shared.tokenizers import END_OF_TEXT
+
+if TYPE_CHECKING:
+    from shared.speed import TrainingOptions
 
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
@@ -118,6 +123,8 @@ def train_model_simple(
     eval_iter: int,
     start_context: str,
     tokenizer,
+    *,
+    options: TrainingOptions | None = None,
 ) -> tuple[list[float], list[float], list[int]]:
     """Train for num_epochs over train_loader, minimising calc_loss_batch.
 
@@ -125,38 +132,68 @@ def train_model_simple(
     of each loader and prints the losses; after each epoch it prints a greedy continuation of
     start_context. A tqdm bar counts the steps.
     Returns (train_losses, val_losses, track_tokens_seen), one entry per evaluation.
+
+    options (shared.speed.TrainingOptions): bf16 autocast, torch.compile, gradient accumulation
+    (one optimizer step per grad_accumulation_steps batches), learning-rate warmup and cosine
+    decay over this call's steps, gradient clipping. None or the defaults: the book's loop.
+
+    Data parallel: model may be wrapped in DistributedDataParallel and train_loader may use a
+    DistributedSampler, whose set_epoch is called every epoch. Every process then evaluates its
+    own loaders with the unwrapped model: no communication, so no process waits on another, and
+    it takes no extra time since the others would wait for the slowest one at the next step
+    anyway. Only rank 0 prints (losses, samples, progress bar); tokens seen count the tokens of
+    all processes.
     """
+    from shared.speed import (  # imported here: shared.speed builds on this module
+        TrainingOptions,
+        accumulation_groups,
+        apply_lr_schedule,
+        autocast_context,
+        steps_per_epoch,
+        train_step,
+        unwrap_model,
+    )
+
+    options = options or TrainingOptions()
     if eval_freq < 1 or eval_iter < 1:
         raise ValueError(f"eval_freq ({eval_freq}) and eval_iter ({eval_iter}) must be >= 1")
     if len(train_loader) == 0:
         raise ValueError("the training loader yields no batches; there is nothing to train on")
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, 0
+    plain_model = unwrap_model(model)
+    step_model = torch.compile(model) if options.compile else model
+    main, processes = is_main_process(), get_world_size()
+    total_steps = num_epochs * steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
+    sampler = getattr(train_loader, "sampler", None)
 
     model.train()
-    with tqdm(total=num_epochs * len(train_loader), desc="Training", unit="step") as bar:
+    with tqdm(total=total_steps, desc="Training", unit="step", disable=not main) as bar:
         for epoch in range(num_epochs):
-            for input_batch, target_batch in train_loader:
-                optimizer.zero_grad()
-                loss = calc_loss_batch(input_batch, target_batch, model, device)
-                loss.backward()
-                optimizer.step()
-                tokens_seen += input_batch.numel()
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            for batches in accumulation_groups(train_loader, options.grad_accumulation_steps):
+                apply_lr_schedule(optimizer, global_step, total_steps, options)
+                train_step(step_model, batches, optimizer, device, options)
+                tokens_seen += sum(inputs.numel() for inputs, _ in batches) * processes
 
                 if global_step % eval_freq == 0:
-                    train_loss, val_loss = evaluate_model(
-                        model, train_loader, val_loader, device, eval_iter
-                    )
+                    with autocast_context(device, options.bf16):
+                        train_loss, val_loss = evaluate_model(
+                            plain_model, train_loader, val_loader, device, eval_iter
+                        )
                     train_losses.append(train_loss)
                     val_losses.append(val_loss)
                     track_tokens_seen.append(tokens_seen)
-                    tqdm.write(
-                        f"Ep {epoch + 1} (Step {global_step:06d}): "
-                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
-                    )
+                    if main:
+                        tqdm.write(
+                            f"Ep {epoch + 1} (Step {global_step:06d}): "
+                            f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+                        )
                 global_step += 1
                 bar.update(1)
-            generate_and_print_sample(model, tokenizer, device, start_context)
+            if main:
+                generate_and_print_sample(plain_model, tokenizer, device, start_context)
     return train_losses, val_losses, track_tokens_seen
 
 
