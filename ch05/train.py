@@ -11,29 +11,60 @@ validation text. After every epoch the script saves ``last.pth`` (model, optimiz
 loss history) and ``losses.png`` in the checkpoint directory; ``--resume`` continues from
 ``last.pth`` up to ``--epochs`` epochs in all. ``ch05/generate.py`` generates from such a
 checkpoint.
+
+A corpus larger than memory is tokenised once into a memory-mapped token file, and training
+then streams its windows from disk (the last --val-fraction of the windows is for validation):
+
+    python ch05/train.py --data books/*.txt --token-file runs/books.bin --prepare-only
+    python ch05/train.py --token-file runs/books.bin --model 124M --bf16 --cosine-decay
+
+Several GPUs, or several machines, run the same command under torchrun, one process per GPU
+with DistributedDataParallel (see ch05/README.md, "Training at scale"):
+
+    torchrun --nproc_per_node=8 ch05/train.py --token-file runs/books.bin --model 124M
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from shared.dataset import create_dataloader_v1
-from shared.device import get_device
+from shared.corpus import TokenWindowDataset, prepare_token_file
+from shared.dataset import GPTDatasetV1
+from shared.distributed import (
+    cleanup_distributed,
+    get_world_size,
+    is_main_process,
+    setup_distributed,
+)
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.pretraining import (
-    calc_loss_batch,
     evaluate_model,
     generate_and_print_sample,
     load_checkpoint,
     plot_losses,
     read_checkpoint_extra,
     save_checkpoint,
+)
+from shared.speed import (
+    TrainingOptions,
+    accumulation_groups,
+    apply_lr_schedule,
+    autocast_context,
+    enable_tf32,
+    make_adamw,
+    steps_per_epoch,
+    train_step,
+    unwrap_model,
 )
 from shared.tokenizers import END_OF_TEXT, gpt2_tokenizer
 
@@ -58,10 +89,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Pretrain a GPT model on text files (Chapter 5).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data", nargs="+", type=Path, required=True, help="UTF-8 text files")
+    parser.add_argument("--data", nargs="+", type=Path, help="UTF-8 text files")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        help="memory-mapped token file to stream from; with --data, tokenise the files into it first",
+    )
+    parser.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="only tokenise --data into --token-file, then exit",
+    )
     parser.add_argument("--model", choices=MODEL_PRESETS, default="tiny", help="model size")
     parser.add_argument("--context-length", type=int, default=256, help="tokens per window")
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=2,
+        help="windows per micro-batch and process; one optimizer step sees "
+        "batch-size x processes x grad-accumulation-steps windows",
+    )
     parser.add_argument("--epochs", type=int, default=10, help="epochs in all (also on resume)")
     parser.add_argument("--lr", type=float, default=4e-4, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.1)
@@ -75,14 +122,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
     parser.add_argument("--resume", action="store_true", help="continue from last.pth")
     parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best one)")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, mps (default: the best one; under torchrun cuda or cpu)",
+    )
+    speed = parser.add_argument_group("speed (all off by default)")
+    speed.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and CUDA)")
+    speed.add_argument("--compile", action="store_true", help="train through torch.compile")
+    speed.add_argument(
+        "--fused-kernels",
+        action="store_true",
+        help="fused attention, layer norm and GELU (same weights, same results)",
+    )
+    speed.add_argument(
+        "--grad-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step"
+    )
+    speed.add_argument(
+        "--warmup-steps", type=int, default=0, help="linear learning-rate warmup steps"
+    )
+    speed.add_argument(
+        "--cosine-decay", action="store_true", help="cosine decay of the learning rate to --min-lr"
+    )
+    speed.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine decay")
+    speed.add_argument(
+        "--max-grad-norm", type=float, default=None, help="clip gradients to this total norm"
+    )
     args = parser.parse_args(argv)
     for name in ("context_length", "batch_size", "epochs", "eval_freq", "eval_iter"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 < args.val_fraction < 1.0:
         parser.error("--val-fraction must be between 0 and 1")
+    if args.data is None and args.token_file is None:
+        parser.error("give the text files (--data), a token file (--token-file), or both")
+    if args.prepare_only and (args.data is None or args.token_file is None):
+        parser.error("--prepare-only needs --data (the text files) and --token-file (the output)")
+    if args.min_lr > args.lr:
+        parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
+    try:
+        args.options = training_options(args)
+    except ValueError as err:
+        parser.error("--" + str(err).replace("_", "-"))
     return args
+
+
+def training_options(args: argparse.Namespace) -> TrainingOptions:
+    """The TrainingOptions of the command line's speed flags (ValueError for bad values)."""
+    return TrainingOptions(
+        bf16=args.bf16,
+        compile=args.compile,
+        grad_accumulation_steps=args.grad_accumulation_steps,
+        warmup_steps=args.warmup_steps,
+        cosine_decay=args.cosine_decay,
+        min_lr=args.min_lr,
+        max_grad_norm=args.max_grad_norm,
+    )
 
 
 def build_config(args: argparse.Namespace) -> dict:
@@ -96,12 +191,18 @@ def build_config(args: argparse.Namespace) -> dict:
     }
 
 
-def read_texts(paths: list[Path]) -> str:
-    """The files' contents joined by <|endoftext|>; ValueError for a missing or empty file."""
-    texts = []
+def check_files(paths: list[Path]) -> None:
+    """ValueError naming the first path that is not an existing file."""
     for path in paths:
         if not path.is_file():
             raise ValueError(f"data file {path} does not exist")
+
+
+def read_texts(paths: list[Path]) -> str:
+    """The files' contents joined by <|endoftext|>; ValueError for a missing or empty file."""
+    check_files(paths)
+    texts = []
+    for path in paths:
         text = path.read_text(encoding="utf-8")
         if not text.strip():
             raise ValueError(f"data file {path} is empty")
@@ -109,24 +210,76 @@ def read_texts(paths: list[Path]) -> str:
     return END_OF_TEXT.join(texts)
 
 
-def make_loaders(text: str, config: dict, args: argparse.Namespace):
-    """Training and validation loaders: the last val_fraction of the text is for validation."""
-    split = int((1 - args.val_fraction) * len(text))
+def prepare_tokens(args: argparse.Namespace) -> None:
+    """Tokenise --data into --token-file; one process per machine does it, the others wait."""
+    check_files(args.data)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        count = prepare_token_file(args.data, args.token_file)
+        log(f"Tokenised {len(args.data)} file(s) into {args.token_file}: {count:,} tokens")
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def make_datasets(config: dict, args: argparse.Namespace) -> tuple[Dataset, Dataset]:
+    """Training and validation windows of context_length tokens (stride: the same).
+
+    From text files in memory (the last val_fraction of the text is for validation) or streamed
+    from a token file (the last val_fraction of its windows).
+    """
     window = config["context_length"]
-    train_loader = create_dataloader_v1(
-        text[:split], args.batch_size, window, stride=window, shuffle=True, drop_last=True
+    if args.token_file is None:
+        text = read_texts(args.data)
+        split = int((1 - args.val_fraction) * len(text))
+        tokenizer = gpt2_tokenizer()
+        return (
+            GPTDatasetV1(text[:split], tokenizer, window, stride=window),
+            GPTDatasetV1(text[split:], tokenizer, window, stride=window),
+        )
+    if not args.token_file.is_file():
+        raise ValueError(
+            f"token file {args.token_file} does not exist; make it with --data FILES "
+            "--token-file PATH --prepare-only"
+        )
+    windows = TokenWindowDataset(args.token_file, window, stride=window)
+    split = int((1 - args.val_fraction) * len(windows))
+    if not 0 < split < len(windows):
+        raise ValueError(
+            f"{args.token_file} holds {len(windows)} windows of {window} tokens, too few to "
+            f"keep a fraction of {args.val_fraction} for validation; use more text"
+        )
+    return Subset(windows, range(split)), Subset(windows, range(split, len(windows)))
+
+
+def make_loaders(train_set: Dataset, val_set: Dataset, args: argparse.Namespace):
+    """Training and validation loaders. Under torchrun each process trains on its own share
+    of the training windows (a DistributedSampler, reshuffled every epoch) and validates on all
+    of the validation windows."""
+    processes = get_world_size()
+    if len(train_set) < args.batch_size * processes:
+        raise ValueError(
+            f"the training text gives {len(train_set)} windows, fewer than batch_size="
+            f"{args.batch_size} x {processes} process(es), so no full batch; use more text, a "
+            "smaller --batch-size or a shorter --context-length"
+        )
+    sampler = None
+    if processes > 1:
+        sampler = DistributedSampler(train_set, shuffle=True, seed=args.seed, drop_last=True)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
     )
-    val_loader = create_dataloader_v1(
-        text[split:], args.batch_size, window, stride=window, shuffle=False, drop_last=False
-    )
+    val_loader = DataLoader(val_set, batch_size=args.batch_size, shuffle=False, drop_last=False)
     return train_loader, val_loader
 
 
 def build_model_and_optimizer(config: dict, args: argparse.Namespace, device):
-    """A freshly initialised GPTModel on device and its AdamW optimizer."""
+    """A freshly initialised GPTModel on device and its AdamW optimizer (fused on CUDA)."""
     torch.manual_seed(args.seed)
-    model = GPTModel(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model = GPTModel({**config, "fused_kernels": args.fused_kernels}).to(device)
+    optimizer = make_adamw(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     return model, optimizer
 
 
@@ -155,31 +308,46 @@ def resume_state(path: Path, model, optimizer, config: dict, device) -> dict:
     return {key: extra[key] for key in new_state()}
 
 
-def train_epoch(model, optimizer, train_loader, val_loader, state: dict, args, device, bar) -> None:
-    """One pass over train_loader; updates state's counters and loss history in place."""
-    steps_per_epoch = len(train_loader)
+def log(message: str) -> None:
+    """Print on the main process only (rank 0 under torchrun)."""
+    if is_main_process():
+        tqdm.write(message)
+
+
+def train_epoch(
+    model, optimizer, train_loader, val_loader, state: dict, args, device, bar, total_steps: int
+) -> None:
+    """One pass over train_loader; updates state's counters and loss history in place.
+
+    model may be wrapped (DistributedDataParallel, torch.compile); evaluation uses the plain
+    model inside, on this process's loaders (see shared.pretraining.train_model_simple).
+    """
+    options = args.options
+    plain_model = unwrap_model(model)
+    steps = steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
+    processes = get_world_size()
     model.train()
-    for input_batch, target_batch in train_loader:
-        optimizer.zero_grad()
-        loss = calc_loss_batch(input_batch, target_batch, model, device)
-        loss.backward()
-        optimizer.step()
-        state["tokens_seen"] += input_batch.numel()
+    for i, batches in enumerate(accumulation_groups(train_loader, options.grad_accumulation_steps)):
+        apply_lr_schedule(optimizer, state["global_step"], total_steps, options)
+        loss = train_step(model, batches, optimizer, device, options)
+        state["tokens_seen"] += sum(inputs.numel() for inputs, _ in batches) * processes
         if state["global_step"] % args.eval_freq == 0:
-            train_loss, val_loss = evaluate_model(
-                model, train_loader, val_loader, device, args.eval_iter
-            )
+            with autocast_context(device, options.bf16):
+                train_loss, val_loss = evaluate_model(
+                    plain_model, train_loader, val_loader, device, args.eval_iter
+                )
             state["train_losses"].append(train_loss)
             state["val_losses"].append(val_loss)
             state["track_tokens_seen"].append(state["tokens_seen"])
-            state["track_epochs"].append((state["global_step"] + 1) / steps_per_epoch)
-            tqdm.write(
+            state["track_epochs"].append(state["epoch"] + (i + 1) / steps)
+            log(
                 f"Ep {state['epoch'] + 1} (Step {state['global_step']:06d}): "
                 f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
             )
         state["global_step"] += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if is_main_process():
+            bar.set_postfix(loss=f"{loss.item():.3f}")
     state["epoch"] += 1
 
 
@@ -198,45 +366,94 @@ def save_progress(model, optimizer, config: dict, state: dict, checkpoint_dir: P
 
 
 def train(model, optimizer, train_loader, val_loader, config, state, args, device) -> dict:
-    """Train from state["epoch"] up to args.epochs epochs, saving after every epoch."""
+    """Train from state["epoch"] up to args.epochs epochs; rank 0 saves after every epoch."""
     tokenizer = gpt2_tokenizer()
+    rank, processes = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    step_model = torch.compile(model) if args.options.compile else model
+    steps = steps_per_epoch(len(train_loader), args.options.grad_accumulation_steps)
     remaining = args.epochs - state["epoch"]
-    with tqdm(total=remaining * len(train_loader), desc="Training", unit="step") as bar:
+    with tqdm(
+        total=remaining * steps, desc="Training", unit="step", disable=not is_main_process()
+    ) as bar:
         for epoch in range(state["epoch"], args.epochs):
-            torch.manual_seed(args.seed + epoch)  # data order and dropout: same with --resume
-            train_epoch(model, optimizer, train_loader, val_loader, state, args, device, bar)
-            generate_and_print_sample(model, tokenizer, device, args.start_context)
-            save_progress(model, optimizer, config, state, args.checkpoint_dir)
+            # Data order and dropout depend on the epoch alone: the same with --resume.
+            torch.manual_seed((args.seed + epoch) * processes + rank)
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            train_epoch(
+                step_model,
+                optimizer,
+                train_loader,
+                val_loader,
+                state,
+                args,
+                device,
+                bar,
+                args.epochs * steps,
+            )
+            if is_main_process():
+                plain_model = unwrap_model(model)
+                generate_and_print_sample(plain_model, tokenizer, device, args.start_context)
+                save_progress(plain_model, optimizer, config, state, args.checkpoint_dir)
     return state
+
+
+def setup(args: argparse.Namespace, device):
+    """Data, model and optimizer (resumed from last.pth with --resume); ValueError when the data
+    or the checkpoint does not fit."""
+    config = build_config(args)
+    train_set, val_set = make_datasets(config, args)
+    train_loader, val_loader = make_loaders(train_set, val_set, args)
+    model, optimizer = build_model_and_optimizer(config, args, device)
+    checkpoint = args.checkpoint_dir / CHECKPOINT_NAME
+    if args.resume and checkpoint.exists():  # every process loads it
+        state = resume_state(checkpoint, model, optimizer, config, device)
+        log(f"Resuming from {checkpoint} after epoch {state['epoch']}")
+    else:
+        if args.resume:
+            log(f"No checkpoint at {checkpoint}; starting from scratch")
+        state = new_state()
+    return config, train_loader, val_loader, model, optimizer, state
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = torch.device(args.device) if args.device else get_device()
-    config = build_config(args)
     try:
-        text = read_texts(args.data)
-        train_loader, val_loader = make_loaders(text, config, args)
-        model, optimizer = build_model_and_optimizer(config, args, device)
-        checkpoint = args.checkpoint_dir / CHECKPOINT_NAME
-        if args.resume and checkpoint.exists():
-            state = resume_state(checkpoint, model, optimizer, config, device)
-            print(f"Resuming from {checkpoint} after epoch {state['epoch']}")
-        else:
-            if args.resume:
-                print(f"No checkpoint at {checkpoint}; starting from scratch")
-            state = new_state()
+        _, _, processes, device = setup_distributed(args.device)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    print(
+    try:
+        run(args, device, processes)
+    finally:
+        cleanup_distributed()
+
+
+def run(args: argparse.Namespace, device, processes: int) -> None:
+    """Prepare the token file, or train (in this process's part of a torchrun job)."""
+    try:
+        if args.data is not None and args.token_file is not None:
+            prepare_tokens(args)
+            if args.prepare_only:
+                return
+        config, train_loader, val_loader, model, optimizer, state = setup(args, device)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if device.type == "cuda":
+        enable_tf32()
+    per_process = f" per process, {processes} processes" if processes > 1 else ""
+    log(
         f"Model '{args.model}': {sum(p.numel() for p in model.parameters()):,} parameters; "
-        f"{len(train_loader)} training batches per epoch; device {device}"
+        f"{len(train_loader)} training batches per epoch{per_process}; device {device}"
     )
     if state["epoch"] >= args.epochs:
-        print(f"Already trained for {state['epoch']} epochs; raise --epochs to train more")
+        log(f"Already trained for {state['epoch']} epochs; raise --epochs to train more")
         return
+    if processes > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     state = train(model, optimizer, train_loader, val_loader, config, state, args, device)
-    print(
+    log(
         f"Final train loss {state['train_losses'][-1]:.3f}, val loss {state['val_losses'][-1]:.3f}; "
         f"saved {args.checkpoint_dir / CHECKPOINT_NAME} and {args.checkpoint_dir / PLOT_NAME}"
     )
