@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -268,3 +270,53 @@ def test_generate_gpt2_from_cached_weights(offline, monkeypatch, capsys):
         eos_id=tokenizer.eot_token,
     )
     assert "\n".join(out[1:]) == token_ids_to_text(ids, tokenizer)
+
+
+# Bigger corpora and the speed options (single process; tests/test_distributed.py runs torchrun)
+
+
+def test_train_streams_a_prepared_token_file_with_speed_options(corpus, tmp_path, capsys):
+    from shared.corpus import TOKEN_DTYPE, TokenWindowDataset
+    from shared.speed import learning_rate_at
+
+    tokens, run_dir = tmp_path / "tokens.bin", tmp_path / "run"
+    train = load_script(TRAIN)
+    train.main(["--data", str(corpus), "--token-file", str(tokens), "--prepare-only"])
+    assert "Tokenised 1 file(s)" in capsys.readouterr().out and not run_dir.exists()
+    text = corpus.read_text(encoding="utf-8")
+    assert np.fromfile(tokens, dtype=TOKEN_DTYPE).tolist() == gpt2_tokenizer().encode(text)
+
+    speed = ["--grad-accumulation-steps", "2", "--warmup-steps", "3", "--cosine-decay"]
+    speed += ["--min-lr", "1e-4", "--max-grad-norm", "1.0", "--bf16", "--fused-kernels"]
+    args = ["--token-file", tokens, *TINY_ARGS, "--epochs", "2", "--checkpoint-dir", run_dir]
+    train.main([str(a) for a in [*args, *speed]])
+    assert "Final train loss" in capsys.readouterr().out
+    extra = read_checkpoint_extra(run_dir / "last.pth")
+    batches = int(0.9 * len(TokenWindowDataset(tokens, 16, stride=16))) // 4
+    steps = 2 * math.ceil(batches / 2)  # an optimizer step every 2 batches of 4 windows
+    assert extra["global_step"] == steps and extra["tokens_seen"] == 2 * batches * 4 * 16
+    assert extra["train_losses"][-1] < extra["train_losses"][0] - 1.0
+    assert "fused_kernels" not in extra["config"]  # the checkpoint loads into any GPTModel
+    groups = torch.load(run_dir / "last.pth", weights_only=True)["optimizer_state_dict"]
+    group = groups["param_groups"][0]
+    assert group["initial_lr"] == 3e-3
+    assert group["lr"] == pytest.approx(learning_rate_at(steps - 1, steps, 3e-3, 3, True, 1e-4))
+
+
+def test_train_reports_bad_token_files_and_flags(tmp_path):
+    message = main_error(TRAIN, "--token-file", tmp_path / "missing.bin")
+    assert message.startswith("error:") and "missing.bin does not exist" in message
+    short = tmp_path / "short.txt"
+    short.write_text("Just a few words.", encoding="utf-8")
+    message = main_error(TRAIN, "--data", short, "--token-file", tmp_path / "s.bin", *TINY_ARGS)
+    assert "too few for one window" in message
+    for bad in (
+        [],  # neither --data nor --token-file
+        ["--data", short, "--prepare-only"],  # nowhere to write the tokens
+        ["--data", short, "--grad-accumulation-steps", "0"],
+        ["--data", short, "--max-grad-norm", "-1"],
+        ["--data", short, "--cosine-decay", "--min-lr", "1.0"],  # above --lr
+    ):
+        with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+            load_script(TRAIN).main([str(a) for a in bad])
+        assert exit_info.value.code == 2, bad
