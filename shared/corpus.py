@@ -75,6 +75,7 @@ def prepare_token_file(
                     ids = tokenizer.encode(chunk, allowed_special={END_OF_TEXT})
                     np.asarray(ids, dtype=TOKEN_DTYPE).tofile(out)
                     total += len(ids)
+        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp_name, out_path)
     finally:
         Path(tmp_name).unlink(missing_ok=True)
