@@ -1,0 +1,127 @@
+"""End-to-end tests of ch07's scripts on tiny settings (stand-in model, a few entries)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.data import fetch
+from shared.gpt import GPTModel
+from shared.gpt2_weights import STANDIN_CONFIG
+from shared.instruction import generate_response
+from shared.pretraining import load_checkpoint
+from shared.tokenizers import gpt2_tokenizer
+from tests.test_instruction import FakeOllama
+
+CH07 = Path(__file__).resolve().parent.parent / "ch07"
+
+
+def run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CH07 / script), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("script", ["finetune_instructions.py", "score_responses.py"])
+def test_help(script):
+    result = run(script, "--help")
+    assert result.returncode == 0
+    assert "usage:" in result.stdout and "--max-entries" in result.stdout
+
+
+def test_finetune_end_to_end(tmp_path):
+    responses, checkpoint = tmp_path / "responses.json", tmp_path / "model.pth"
+    result = run(
+        "finetune_instructions.py",
+        "--standin", "--max-entries", "40", "--epochs", "1", "--batch-size", "4",
+        "--allowed-max-length", "48", "--eval-freq", "4", "--eval-iter", "1",
+        "--max-new-tokens", "5", "--responses", str(responses), "--checkpoint", str(checkpoint),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "40 entries: 34 training, 2 validation, 4 test" in result.stdout
+    assert "Test loss" in result.stdout
+
+    # The responses file holds the 4 test entries (entries 34-37) with the model's answers.
+    written = json.loads(responses.read_text())
+    assert len(written) == 4
+    source = json.loads(fetch("instruction-data").read_text())
+    for entry, original in zip(written, source[34:38], strict=True):
+        assert {k: entry[k] for k in original} == original
+        assert isinstance(entry["model_response"], str)
+
+    # The saved model gives the same responses again.
+    model = GPTModel(STANDIN_CONFIG)
+    extra = load_checkpoint(checkpoint, model)
+    assert extra["config"] == STANDIN_CONFIG and extra["style"] == "alpaca"
+    tokenizer = gpt2_tokenizer()
+    for entry in written:
+        assert (
+            generate_response(model, tokenizer, entry, "cpu", max_new_tokens=5)
+            == (entry["model_response"])
+        )
+
+
+def test_finetune_rejects_a_malformed_entry(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
+    result = run("finetune_instructions.py", "--standin", "--data", str(bad))
+    assert result.returncode == 2
+    assert "entry 1 has no 'output' field" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _responses_file(tmp_path: Path) -> Path:
+    entries = [
+        {"instruction": "Name a color.", "input": "", "output": "Red.", "model_response": r}
+        for r in ("Red.", "Blue.", "Green.")
+    ]
+    path = tmp_path / "responses.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_score_responses_against_a_local_judge(tmp_path):
+    replies = {"Red.": "100", "Blue.": "Hard to say.", "Green.": "20"}
+
+    def judge(prompt: str) -> str:
+        return next(reply for response, reply in replies.items() if f"grade:\n{response}" in prompt)
+
+    with FakeOllama(judge, models=("tiny-judge",)) as server:
+        result = run(
+            "score_responses.py", "--responses", str(_responses_file(tmp_path)),
+            "--model", "tiny-judge", "--port", str(server.port),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Scored 2 of 3 responses" in result.stdout
+    assert "Skipped 1 replies that were not a score (entries 1)" in result.stdout
+    assert "Average score: 60.00" in result.stdout
+    assert all(r["model"] == "tiny-judge" for r in server.requests)
+
+
+def test_score_responses_without_a_server(tmp_path):
+    with FakeOllama(lambda prompt: "0") as server:
+        port = server.port  # free again once the server has stopped
+    result = run(
+        "score_responses.py", "--responses", str(_responses_file(tmp_path)), "--port", str(port)
+    )
+    assert result.returncode == 1
+    assert f"No Ollama server answers at http://127.0.0.1:{port}/api/chat" in result.stdout
+    # F1: "Red." matches exactly (1.0), the other two share no word (0.0)
+    assert "over 3 responses: 0.333" in result.stdout
+
+
+def test_score_responses_missing_field(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps([{"instruction": "a", "output": "b"}]))
+    result = run("score_responses.py", "--responses", str(path))
+    assert result.returncode == 2
+    assert "entry 0 has no string field 'model_response'" in result.stderr
