@@ -390,3 +390,80 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pth"]  # no temporary file left
     monkeypatch.undo()
     assert load_checkpoint(path, tiny_model(seed=3)) == {"epoch": 1}
+
+
+# The chapter notebook teaches the same functions step by step; they must behave identically.
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    from tests.notebook_code import notebook_definitions
+
+    return notebook_definitions("ch05/ch05.ipynb")
+
+
+def test_notebook_config_is_the_books(notebook):
+    from shared.gpt import GPT_CONFIG_124M
+
+    assert notebook["GPT_CONFIG_124M"] == {**GPT_CONFIG_124M, "context_length": 256}
+
+
+def test_notebook_text_and_loss_functions_match_shared(notebook):
+    tokenizer = gpt2_tokenizer()
+    text = "Hello,<|endoftext|> world"
+    ids = notebook["text_to_token_ids"](text, tokenizer)
+    assert torch.equal(ids, text_to_token_ids(text, tokenizer))
+    assert notebook["token_ids_to_text"](ids, tokenizer) == token_ids_to_text(ids, tokenizer)
+    assert notebook["token_ids_to_text"](ids[0], tokenizer) == text
+
+    model = tiny_model().eval()
+    train, val = loaders()
+    x, y = next(iter(train))
+    with torch.no_grad():
+        assert torch.equal(
+            notebook["calc_loss_batch"](x, y, model, "cpu"), calc_loss_batch(x, y, model, "cpu")
+        )
+        assert notebook["calc_loss_loader"](train, model, "cpu", 3) == calc_loss_loader(
+            train, model, "cpu", 3
+        )
+    assert notebook["evaluate_model"](model, train, val, "cpu", 2) == evaluate_model(
+        model, train, val, "cpu", 2
+    )
+    empty = DataLoader(
+        TensorDataset(torch.zeros(1, 4), torch.zeros(1, 4)), batch_size=2, drop_last=True
+    )
+    with pytest.raises(ValueError, match="no batches"):
+        notebook["calc_loss_loader"](empty, model, "cpu")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"temperature": 1.3},
+        {"temperature": 0.8, "top_k": 5},
+        {"temperature": 2.0, "top_k": 40, "eos_id": 13},
+        {"top_k": 1, "eos_id": 11},
+    ],
+)
+def test_notebook_generate_matches_shared(notebook, settings):
+    model = tiny_model().eval()
+    idx = torch.tensor([[15496, 11, 314], [40, 1107, 588]])
+    torch.manual_seed(5)
+    ours = notebook["generate"](model, idx, 12, 16, **settings)
+    torch.manual_seed(5)
+    theirs = generate(model, idx, 12, 16, **settings)
+    assert torch.equal(ours, theirs)
+
+
+def test_notebook_training_loop_matches_shared(notebook, capsys):
+    tokenizer = gpt2_tokenizer()
+    train, val = loaders()
+    results = []
+    for train_fn in (notebook["train_model_simple"], train_model_simple):
+        model = tiny_model(seed=11, drop_rate=0.1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.1)
+        torch.manual_seed(3)
+        losses = train_fn(model, train, val, optimizer, "cpu", 2, 3, 2, "I had", tokenizer)
+        results.append((losses, capsys.readouterr().out))
+    assert results[0] == results[1]
