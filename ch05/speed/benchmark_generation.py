@@ -16,24 +16,12 @@ import time
 
 import torch
 
+# The sibling script (its folder is on sys.path when this file runs as a script).
+from benchmark_training import reference_model
+
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import load_weights_into_gpt
 from shared.pretraining import generate
-
-
-def reference_model(cfg: dict):
-    """transformers' GPT2LMHeadModel of cfg's shape with seeded random weights, eval mode."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(123)
-    config = GPT2Config(
-        vocab_size=cfg["vocab_size"],
-        n_positions=cfg["context_length"],
-        n_embd=cfg["emb_dim"],
-        n_layer=cfg["n_layers"],
-        n_head=cfg["n_heads"],
-    )
-    return GPT2LMHeadModel(config).eval()
 
 
 def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -55,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = GPT2_MODEL_CONFIGS[args.size]
-    reference = reference_model(cfg)
+    reference = reference_model(cfg).eval()
     params = reference.state_dict()  # transformers' key layout, loaded as GPT-2 weights are
     course = {}
     for fused in (False, True):

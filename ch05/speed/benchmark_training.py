@@ -78,24 +78,30 @@ def training_flops_per_token(cfg: dict, context: int) -> float:
     return 6 * matmul_weights + 12 * layers * context * d
 
 
-def build_model(variant: Variant, cfg: dict, device: torch.device) -> torch.nn.Module:
-    torch.manual_seed(123)
-    if variant.reference:
-        from transformers import GPT2Config, GPT2LMHeadModel
+def reference_model(cfg: dict) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel of cfg's shape, without dropout, seeded random weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(
-            vocab_size=cfg["vocab_size"],
-            n_positions=cfg["context_length"],
-            n_embd=cfg["emb_dim"],
-            n_layer=cfg["n_layers"],
-            n_head=cfg["n_heads"],
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-        model = GPT2LMHeadModel(config).to(device)
+    torch.manual_seed(123)
+    config = GPT2Config(
+        vocab_size=cfg["vocab_size"],
+        n_positions=cfg["context_length"],
+        n_embd=cfg["emb_dim"],
+        n_layer=cfg["n_layers"],
+        n_head=cfg["n_heads"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def build_model(variant: Variant, cfg: dict, device: torch.device) -> torch.nn.Module:
+    if variant.reference:
+        model = reference_model(cfg).to(device)
         model.config.use_cache = False
         return model
+    torch.manual_seed(123)
     model = GPTModel({**cfg, "fused_kernels": variant.fused}).to(device)
     model.out_head.weight = model.tok_emb.weight  # tied, like the reference
     return model
