@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from shared.classification import (
+    FINETUNE_DEFAULTS,
     calc_accuracy_loader,
     classify_review,
     convert_to_classifier,
@@ -95,9 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument(
         "--trainable-blocks",
         type=trainable_blocks,
-        default=1,
+        default=None,
         help="how many of the last transformer blocks to train (with the final norm and the "
-        'head); 0 trains only those two; "all" trains the whole model',
+        'head); 0 trains only those two; "all" trains the whole model (default: 1 for GPT-2, '
+        '"all" for the random stand-in, as in the chapter)',
     )
     train.add_argument("--epochs", type=positive_int, default=5)
     train.add_argument(
@@ -107,7 +109,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='pad (or cut) messages to: "longest" training message, the model\'s "context" '
         "length, or a number of tokens",
     )
-    train.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate")
+    train.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="AdamW learning rate (default: 5e-5 for GPT-2, 2e-4 for the stand-in, as in the "
+        "chapter)",
+    )
     train.add_argument("--weight-decay", type=float, default=0.1)
     train.add_argument("--batch-size", type=positive_int, default=8)
     train.add_argument("--eval-freq", type=positive_int, default=50, help="evaluate every N steps")
@@ -137,13 +145,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_base_model(name: str, seed: int):
-    """(model, config, description) for a GPT-2 size or "standin"."""
+    """(model, config, description, is_standin) for a GPT-2 size or "standin"."""
     if name == "standin":
         torch.manual_seed(seed)
         description = "stand-in: randomly initialised 4-layer, 256-dim GPT (not GPT-2)"
-        return GPTModel(STANDIN_CONFIG), dict(STANDIN_CONFIG), description
+        return GPTModel(STANDIN_CONFIG), dict(STANDIN_CONFIG), description, True
     pretrained = load_pretrained_gpt2(name, seed=seed)
-    return pretrained.model, pretrained.config, pretrained.description
+    return pretrained.model, pretrained.config, pretrained.description, pretrained.is_standin
 
 
 def training_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
@@ -159,8 +167,13 @@ def training_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 
 def train(args: argparse.Namespace, device: torch.device) -> None:
-    model, config, description = load_base_model(args.model, args.seed)
+    model, config, description, is_standin = load_base_model(args.model, args.seed)
     print(f"Model: {description}")
+    defaults = FINETUNE_DEFAULTS["standin" if is_standin else "gpt2"]
+    if args.trainable_blocks is None:
+        args.trainable_blocks = defaults["trainable_blocks"]
+    if args.lr is None:
+        args.lr = defaults["learning_rate"]
     max_length = {"longest": None, "context": config["context_length"]}.get(
         args.pad_length, args.pad_length
     )

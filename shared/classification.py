@@ -29,6 +29,13 @@ from shared.pretraining import load_checkpoint, read_checkpoint_extra, save_chec
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, used to pad messages to a common length
 LABELS = {"ham": 0, "spam": 1}  # class names in the data file -> class index
 SPLIT_FRACTIONS = (0.7, 0.1)  # train and validation fractions; the rest is the test set
+# Finetuning defaults: the book's for GPT-2. The random stand-in of shared.gpt2_weights has no
+# pretrained knowledge to protect; with the book's settings it ends around 90% test accuracy (89.7-91.7%
+# over runs), with all weights trainable at 2e-4 at about 93% (see the Chapter 6 notebook).
+FINETUNE_DEFAULTS = {
+    "gpt2": {"trainable_blocks": 1, "learning_rate": 5e-5},
+    "standin": {"trainable_blocks": "all", "learning_rate": 2e-4},
+}
 
 
 def _check_labels(labels: pd.Series, allowed: set[str], source: str, first_line: int) -> None:
@@ -271,7 +278,11 @@ def train_classifier_simple(
         raise ValueError("the training loader yields no batches; there is nothing to train on")
     train_losses, val_losses, train_accs, val_accs = [], [], [], []
     examples_seen, global_step = 0, -1
-    with tqdm(total=num_epochs * len(train_loader), desc="Training", unit="step") as bar:
+    # The progress bar redraws at most every 2 seconds, which keeps saved notebook outputs short.
+    progress = tqdm(
+        total=num_epochs * len(train_loader), desc="Training", unit="step", mininterval=2
+    )
+    with progress as bar:
         for epoch in range(num_epochs):
             model.train()
             for input_batch, target_batch in train_loader:
@@ -373,8 +384,8 @@ def save_classifier(path, model, config: dict, max_length: int, **extra):
     )
 
 
-def load_classifier(path, map_location="cpu") -> tuple[GPTModel, dict]:
-    """Rebuild a classifier saved by save_classifier: (model in eval mode, its extra entries).
+def load_classifier(path, device="cpu") -> tuple[GPTModel, dict]:
+    """Rebuild a classifier saved by save_classifier: (model on device in eval mode, its extras).
 
     The extra entries include config, num_classes and max_length. Reads with
     torch.load(weights_only=True). Raises ValueError when the file lacks them.
@@ -386,5 +397,5 @@ def load_classifier(path, map_location="cpu") -> tuple[GPTModel, dict]:
             f"{path} is not a classifier saved by save_classifier: it lacks {', '.join(missing)}"
         )
     model = convert_to_classifier(GPTModel(extra["config"]), extra["num_classes"])
-    load_checkpoint(path, model, map_location=map_location)
-    return model.to(map_location).eval(), extra
+    load_checkpoint(path, model, map_location=device)
+    return model.to(device).eval(), extra

@@ -10,7 +10,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from shared.classification import classify_review, convert_to_classifier, load_classifier
+from shared.classification import (
+    classify_review,
+    convert_to_classifier,
+    load_classifier,
+)
 from shared.gpt import GPTModel
 from shared.gpt2_weights import STANDIN_CONFIG
 from shared.pretraining import read_checkpoint_extra
@@ -42,20 +46,11 @@ def run(*args, stdin: str | None = None, check: bool = True) -> subprocess.Compl
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A classifier trained by the script with two trainable blocks; returns its file."""
+    """A classifier trained by the script (the stand-in's defaults: all weights, lr 2e-4)."""
     out = tmp_path_factory.mktemp("run")
-    result = run(
-        "train",
-        *TINY_ARGS,
-        "--trainable-blocks",
-        "2",
-        "--data-dir",
-        out,
-        "--output",
-        out / "clf.pth",
-    )
+    result = run("train", *TINY_ARGS, "--data-dir", out, "--output", out / "clf.pth")
     assert result.stdout.startswith("Model: stand-in")
-    expected = convert_to_classifier(GPTModel(STANDIN_CONFIG), trainable_blocks=2)
+    expected = convert_to_classifier(GPTModel(STANDIN_CONFIG), trainable_blocks="all")
     trainable = sum(p.numel() for p in expected.parameters() if p.requires_grad)
     assert f"16 training messages padded to 24 tokens, 2 batches per epoch; {trainable:,}" in (
         result.stdout
@@ -89,8 +84,8 @@ def test_train_writes_splits_and_a_classifier(trained):
     assert first16.equals(pd.read_csv(data_dir / "train.csv", keep_default_na=False).head(16))
     extra = read_checkpoint_extra(trained)
     assert extra["max_length"] == 24 and extra["num_classes"] == 2
-    assert extra["config"] == STANDIN_CONFIG and extra["trainable_blocks"] == "2"
-    assert extra["epochs"] == 1 and extra["learning_rate"] == 5e-5
+    assert extra["config"] == STANDIN_CONFIG and extra["trainable_blocks"] == "all"
+    assert extra["epochs"] == 1 and extra["learning_rate"] == 2e-4
     assert extra["description"].startswith("stand-in")
     for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
         assert 0.0 <= extra[key] <= 1.0
