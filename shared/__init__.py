@@ -13,4 +13,5 @@ shared.distributed     DistributedDataParallel under torchrun (ch05)
 shared.corpus          corpora larger than memory: memory-mapped token files (ch05)
 shared.classification  finetuning for spam classification (ch06)
 shared.instruction     instruction finetuning and scoring responses (ch07)
+shared.lora            low-rank adaptation (LoRA) layers (ch07)
 """

@@ -42,19 +42,19 @@ def test_finetune_end_to_end(tmp_path):
     responses, checkpoint = tmp_path / "responses.json", tmp_path / "model.pth"
     result = run(
         "finetune_instructions.py",
-        "--standin", "--max-entries", "40", "--epochs", "1", "--batch-size", "4",
+        "--standin", "--max-entries", "20", "--epochs", "1", "--batch-size", "4",
         "--allowed-max-length", "48", "--eval-freq", "4", "--eval-iter", "1",
         "--max-new-tokens", "5", "--responses", str(responses), "--checkpoint", str(checkpoint),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "40 entries: 34 training, 2 validation, 4 test" in result.stdout
+    assert "20 entries: 17 training, 1 validation, 2 test" in result.stdout
     assert "Test loss" in result.stdout
 
-    # The responses file holds the 4 test entries (entries 34-37) with the model's answers.
+    # The responses file holds the 2 test entries (entries 17 and 18) with the model's answers.
     written = json.loads(responses.read_text())
-    assert len(written) == 4
+    assert len(written) == 2
     source = json.loads(fetch("instruction-data").read_text())
-    for entry, original in zip(written, source[34:38], strict=True):
+    for entry, original in zip(written, source[17:19], strict=True):
         assert {k: entry[k] for k in original} == original
         assert isinstance(entry["model_response"], str)
 
