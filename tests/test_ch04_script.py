@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,14 +11,13 @@ import torch
 from shared.gpt import GPT_CONFIG_124M, GPTModel, generate_text_simple
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import REPO
+from tests.scripts import load_script, run_script
 
 SCRIPT = REPO / "ch04" / "generate_untrained.py"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300
-    )
+    return run_script(SCRIPT, *args, check=False)
 
 
 def token_ids(stdout: str) -> list[int]:
@@ -30,10 +27,7 @@ def token_ids(stdout: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("generate_untrained", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_help_lists_the_options():

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
@@ -27,9 +23,10 @@ from shared.pretraining import (
     token_ids_to_text,
 )
 from shared.tokenizers import gpt2_tokenizer
+from tests.notebook_code import REPO
+from tests.scripts import load_script, run_script
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: tiny models, one thread)
 
-REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "ch05" / "train.py"
 GENERATE = REPO / "ch05" / "generate.py"
 
@@ -37,27 +34,7 @@ TINY_ARGS = ["--model", "tiny", "--context-length", "16", "--batch-size", "4", "
 TINY_ARGS += ["--eval-freq", "10"]
 
 
-def run(script: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    result = subprocess.run(
-        [sys.executable, str(script), *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def load_script(path: Path):
-    """Import a script as a module, to call its main() in this process."""
-    spec = importlib.util.spec_from_file_location(f"ch05_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+run = run_script
 
 
 def main_error(script: Path, *args) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +17,9 @@ from shared.gpt import GPTModel
 from shared.gpt2_weights import STANDIN_CONFIG
 from shared.pretraining import read_checkpoint_extra
 from shared.tokenizers import gpt2_tokenizer
+from tests.notebook_code import REPO
+from tests.scripts import run_script
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "ch06" / "train_classifier.py"
 
 # The stand-in model on 16 messages of at most 24 tokens, one epoch: a few seconds.
@@ -29,19 +28,7 @@ TINY_ARGS += ["--epochs", "1", "--eval-freq", "1", "--eval-iter", "1", "--device
 
 
 def run(*args, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_script(SCRIPT, *args, stdin=stdin, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,19 +14,15 @@ from shared.gpt2_weights import STANDIN_CONFIG
 from shared.instruction import generate_response
 from shared.pretraining import load_checkpoint
 from shared.tokenizers import gpt2_tokenizer
+from tests.notebook_code import REPO
+from tests.scripts import run_script
 from tests.test_instruction import FakeOllama
 
-CH07 = Path(__file__).resolve().parent.parent / "ch07"
+CH07 = REPO / "ch07"
 
 
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(CH07 / script), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        timeout=300,
-    )
+    return run_script(CH07 / script, *args, check=False)
 
 
 @pytest.mark.parametrize("script", ["finetune_instructions.py", "score_responses.py"])
