@@ -276,7 +276,7 @@ def make_loaders(train_set: Dataset, val_set: Dataset, args: argparse.Namespace)
 
 
 def build_model_and_optimizer(config: dict, args: argparse.Namespace, device):
-    """A freshly initialised GPTModel on device and its AdamW optimizer (fused on CUDA)."""
+    """A freshly initialised GPTModel on device and its AdamW optimizer (fused on CPU and CUDA)."""
     torch.manual_seed(args.seed)
     model = GPTModel({**config, "fused_kernels": args.fused_kernels}).to(device)
     optimizer = make_adamw(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -260,9 +261,25 @@ def test_make_adamw_and_unwrap_model():
     optimizer = make_adamw(model.parameters(), lr=3e-4, weight_decay=0.1)
     assert isinstance(optimizer, torch.optim.AdamW)
     group = optimizer.param_groups[0]
-    assert (group["lr"], group["weight_decay"]) == (3e-4, 0.1) and not group["fused"]
+    assert (group["lr"], group["weight_decay"]) == (3e-4, 0.1) and group["fused"]
     assert len(group["params"]) == len(list(model.parameters()))
     assert unwrap_model(torch.compile(model)) is model and unwrap_model(model) is model
+
+
+def test_fused_adamw_on_cpu_matches_the_books_adamw():
+    torch.manual_seed(0)
+    fused_model = tiny_model()
+    plain_model = copy.deepcopy(fused_model)
+    fused = make_adamw(fused_model.parameters(), lr=1e-3, weight_decay=0.1)
+    plain = torch.optim.AdamW(plain_model.parameters(), lr=1e-3, weight_decay=0.1)
+    ids = torch.randint(0, fused_model.tok_emb.num_embeddings, (2, 8))
+    for _ in range(5):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(ids).logsumexp(dim=-1).mean().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
