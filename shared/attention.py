@@ -155,30 +155,50 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
         self.cache_k: torch.Tensor | None = None  # (b, h, cached, d_head)
         self.cache_v: torch.Tensor | None = None
+        # Fused path, cached generation: the stacked projection weights, with what they were
+        # stacked from (each parameter's storage and version), so a changed weight is noticed.
+        self.stacked_qkv: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(b, n, d_out) -> (b, h, n, d_head)."""
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project_qkv(
+        self, x: torch.Tensor, use_cache: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head)."""
-        layers = (self.W_query, self.W_key, self.W_value)
-        # Fusing pays for concatenating the weights only when there are many tokens; one token
-        # (a cached generation step) is faster with the three products as they are.
-        if not self.fused or x.shape[1] == 1:
+        if not self.fused:
+            layers = (self.W_query, self.W_key, self.W_value)
             return tuple(self.split_heads(layer(x)) for layer in layers)
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])
+        weight, bias = self.stacked_qkv_weights(keep=use_cache and not torch.is_grad_enabled())
         return tuple(self.split_heads(t) for t in F.linear(x, weight, bias).split(self.d_out, -1))
 
+    def stacked_qkv_weights(self, keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The query, key and value weights stacked into one (3 * d_out, d_in), and the biases
+        into one (3 * d_out,) or None.
+
+        keep=True (cached generation, no autograd) stacks them once and reuses the copy at every
+        generated token until a weight changes or reset_cache() frees it.
+        """
+        layers = (self.W_query, self.W_key, self.W_value)
+        params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
+        source = tuple((p.data_ptr(), p._version) for p in params)
+        if keep and self.stacked_qkv is not None and self.stacked_qkv[0] == source:
+            return self.stacked_qkv[1:]
+        weight = torch.cat([layer.weight for layer in layers])
+        bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])
+        self.stacked_qkv = (source, weight, bias) if keep else None
+        return weight, bias
+
     def reset_cache(self) -> None:
-        """Forget the cached keys and values."""
+        """Forget the cached keys and values (and the stacked weights kept for them)."""
         self.cache_k = self.cache_v = None
+        self.stacked_qkv = None
 
     def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
         b, num_tokens, _ = x.shape
-        queries, keys, values = self.project_qkv(x)
+        queries, keys, values = self.project_qkv(x, use_cache)
         if use_cache:
             if self.cache_k is not None:
                 keys = torch.cat([self.cache_k, keys], dim=2)
