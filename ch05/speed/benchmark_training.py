@@ -7,6 +7,9 @@ training step (forward, loss, backward, AdamW step) for each variant:
 - the course's GPTModel on its plain path, and with each speed option;
 - transformers' GPT2LMHeadModel of the same shape, the reference (benchmark-only dependency).
 
+Each variant runs with the book's AdamW or with AdamW's fused kernel; "vs ref" compares it with
+the reference at the same precision and with the same optimizer.
+
 Both models tie the output layer to the token embedding here, so they have the same parameters.
 
     python ch05/speed/benchmark_training.py                 # GPT-2 124M shape, context 256, batch 2
@@ -24,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
+from shared.speed import make_adamw
 
 
 @dataclass(frozen=True)
@@ -33,17 +37,30 @@ class Variant:
     fused: bool = False  # fused kernels: attention (QKV + SDPA), layer norm, GELU
     bf16: bool = False  # bf16 autocast
     compile: bool = False  # torch.compile
+    fused_adamw: bool = (
+        False  # AdamW's fused kernel (shared.speed.make_adamw) instead of the book's
+    )
 
 
 VARIANTS = [
     Variant("course, plain"),
     Variant("course, fused kernels", fused=True),
-    Variant("course, fused + compile", fused=True, compile=True),
     Variant("reference (transformers)", reference=True),
+    Variant("course, fused + fused AdamW", fused=True, fused_adamw=True),
+    Variant("course, fused + f.AdamW + compile", fused=True, fused_adamw=True, compile=True),
+    Variant("reference + fused AdamW", reference=True, fused_adamw=True),
     Variant("course, plain, bf16", bf16=True),
     Variant("course, fused, bf16", fused=True, bf16=True),
-    Variant("course, fused + compile, bf16", fused=True, bf16=True, compile=True),
-    Variant("reference (transformers), bf16", reference=True, bf16=True),
+    Variant("reference, bf16", reference=True, bf16=True),
+    Variant("course, fused + f.AdamW, bf16", fused=True, fused_adamw=True, bf16=True),
+    Variant(
+        "course, fused + f.AdamW + compile, bf16",
+        fused=True,
+        fused_adamw=True,
+        bf16=True,
+        compile=True,
+    ),
+    Variant("reference + fused AdamW, bf16", reference=True, fused_adamw=True, bf16=True),
 ]
 
 
@@ -116,7 +133,10 @@ def time_training(variant: Variant, cfg: dict, args, device: torch.device) -> fl
     model = build_model(variant, cfg, device)
     model.train()
     step_model = torch.compile(model) if variant.compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
+    if variant.fused_adamw:
+        optimizer = make_adamw(model.parameters(), lr=4e-4, weight_decay=0.1)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
     ids = torch.randint(0, cfg["vocab_size"], (args.batch_size, args.context + 1), device=device)
     inputs, targets = ids[:, :-1], ids[:, 1:]
     autocast = (
@@ -181,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Measured matmul peak: fp32 {peaks[False] / 1e9:,.0f} GFLOP/s, bf16 {peaks[True] / 1e9:,.0f} GFLOP/s"
     )
     print()
-    header = f"{'variant':34s} {'step':>9s} {'tokens/s':>10s} {'vs ref':>7s} {'of peak':>8s}"
+    header = f"{'variant':40s} {'step':>9s} {'tokens/s':>10s} {'vs ref':>7s} {'of peak':>8s}"
     print(header)
     print("-" * len(header))
     variants = [v for v in VARIANTS if not args.only or any(word in v.name for word in args.only)]
@@ -189,11 +209,18 @@ def main(argv: list[str] | None = None) -> None:
     for v in variants:
         seconds = results[v]
         tokens_per_s = tokens_per_step / seconds
-        reference = next((r for r in variants if r.reference and r.bf16 == v.bf16), None)
+        reference = next(
+            (
+                r
+                for r in variants
+                if r.reference and (r.bf16, r.fused_adamw) == (v.bf16, v.fused_adamw)
+            ),
+            None,
+        )
         ratio = results[reference] / seconds if reference in results else float("nan")
         utilisation = tokens_per_s * flops_per_token / peaks[v.bf16]
         print(
-            f"{v.name:34s} {seconds * 1e3:7.0f}ms {tokens_per_s:10,.0f} {ratio:6.2f}x "
+            f"{v.name:40s} {seconds * 1e3:7.0f}ms {tokens_per_s:10,.0f} {ratio:6.2f}x "
             f"{utilisation:7.1%}"
         )
 

@@ -1,0 +1,39 @@
+"""The ch05/speed benchmark scripts run end to end on tiny settings (their timings are not tested)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.notebook_code import REPO
+from tests.scripts import run_script
+
+SPEED = REPO / "ch05" / "speed"
+
+pytest.importorskip("transformers")
+
+
+def test_training_benchmark_prints_a_row_per_variant():
+    result = run_script(
+        SPEED / "benchmark_training.py",
+        *("--only", "course, plain", "--context", "8", "--batch-size", "1"),
+        *("--steps", "1", "--warmup", "0", "--matmul-size", "64"),
+    )
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("Measured matmul peak: fp32") for line in lines)
+    rows = [line for line in lines if line.startswith("course, plain")]
+    assert [row[:40].strip() for row in rows] == ["course, plain", "course, plain, bf16"]
+    for row in rows:
+        step_ms, tokens_per_s, vs_ref, of_peak = row[40:].split()
+        assert float(step_ms.removesuffix("ms")) > 0 and float(tokens_per_s.replace(",", "")) > 0
+        assert vs_ref == "nanx"  # the reference was not selected
+        assert of_peak.endswith("%")
+
+
+def test_generation_benchmark_agrees_on_tokens():
+    result = run_script(
+        SPEED / "benchmark_generation.py",
+        *("--new-tokens", "4", "--prompt-tokens", "3", "--repeats", "1"),
+    )
+    verdicts = [line for line in result.stdout.splitlines() if line.startswith("tokens of ")]
+    assert len(verdicts) == 4
+    assert all(line.endswith(": True") for line in verdicts), result.stdout
