@@ -155,9 +155,9 @@ class MultiHeadAttention(nn.Module):
         self.register_buffer("mask", causal_mask(context_length), persistent=False)
         self.cache_k: torch.Tensor | None = None  # (b, h, cached, d_head)
         self.cache_v: torch.Tensor | None = None
-        # Fused path, cached generation: the stacked projection weights, with what they were
-        # stacked from (each parameter's storage and version), so a changed weight is noticed.
-        self.stacked_qkv: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+        # Fused path, cached generation without autograd: the query, key and value weights
+        # stacked once, (weight, bias), reused while the cache holds keys; reset_cache() frees it.
+        self.stacked_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(b, n, d_out) -> (b, h, n, d_head)."""
@@ -167,29 +167,25 @@ class MultiHeadAttention(nn.Module):
     def project_qkv(
         self, x: torch.Tensor, use_cache: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head)."""
-        if not self.fused:
-            layers = (self.W_query, self.W_key, self.W_value)
-            return tuple(self.split_heads(layer(x)) for layer in layers)
-        weight, bias = self.stacked_qkv_weights(keep=use_cache and not torch.is_grad_enabled())
-        return tuple(self.split_heads(t) for t in F.linear(x, weight, bias).split(self.d_out, -1))
+        """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head).
 
-    def stacked_qkv_weights(self, keep: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The query, key and value weights stacked into one (3 * d_out, d_in), and the biases
-        into one (3 * d_out,) or None.
-
-        keep=True (cached generation, no autograd) stacks them once and reuses the copy at every
-        generated token until a weight changes or reset_cache() frees it.
+        The fused path stacks the three weights into one (3 * d_out, d_in) product. In cached
+        generation without autograd it stacks them at the first step and reuses the stack for
+        every later token (the cached keys and values assume unchanged weights anyway), at the
+        cost of one extra copy of the three weights until reset_cache().
         """
         layers = (self.W_query, self.W_key, self.W_value)
-        params = [p for layer in layers for p in (layer.weight, layer.bias) if p is not None]
-        source = tuple((p.data_ptr(), p._version) for p in params)
-        if keep and self.stacked_qkv is not None and self.stacked_qkv[0] == source:
-            return self.stacked_qkv[1:]
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = None if self.W_query.bias is None else torch.cat([layer.bias for layer in layers])
-        self.stacked_qkv = (source, weight, bias) if keep else None
-        return weight, bias
+        if not self.fused:
+            return tuple(self.split_heads(layer(x)) for layer in layers)
+        keep = use_cache and not torch.is_grad_enabled()
+        if keep and self.cache_k is not None and self.stacked_qkv is not None:
+            weight, bias = self.stacked_qkv
+        else:
+            weight = torch.cat([layer.weight for layer in layers])
+            biases = [layer.bias for layer in layers]
+            bias = None if biases[0] is None else torch.cat(biases)
+            self.stacked_qkv = (weight, bias) if keep else None
+        return tuple(self.split_heads(t) for t in F.linear(x, weight, bias).split(self.d_out, -1))
 
     def reset_cache(self) -> None:
         """Forget the cached keys and values (and the stacked weights kept for them)."""
