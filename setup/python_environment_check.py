@@ -25,7 +25,7 @@ PACKAGE = "llm-from-scratch-course"  # the distribution that installs `shared`
 REQUIREMENTS_FILE = Path(__file__).resolve().parent.parent / "requirements.txt"
 # requirements.txt without `-e .`, for when the script runs on its own (a test keeps them equal).
 BUILTIN_REQUIREMENTS = [
-    "torch>=2.2",
+    "torch>=2.4",
     "tiktoken>=0.8",
     "regex>=2023.0",
     "jupyterlab>=4.0",
@@ -83,7 +83,7 @@ def default_requirements(
 
 
 def check_requirements(reqs) -> list[Row]:
-    """Compare requirement strings (e.g. ``"torch>=2.2"``) with the installed packages.
+    """Compare requirement strings (e.g. ``"torch>=2.4"``) with the installed packages.
 
     Returns one Row per requirement whose environment marker applies to this Python.
     """
