@@ -34,9 +34,6 @@ TINY_ARGS = ["--model", "tiny", "--context-length", "16", "--batch-size", "4", "
 TINY_ARGS += ["--eval-freq", "10"]
 
 
-run = run_script
-
-
 def main_error(script: Path, *args) -> str:
     """Run a script's main() in this process; return its error message (it must exit)."""
     with pytest.raises(SystemExit) as exit_info:
@@ -56,7 +53,9 @@ def corpus(tmp_path_factory) -> Path:
 def trained(corpus, tmp_path_factory) -> Path:
     """A tiny model trained for two epochs by train.py; returns its checkpoint directory."""
     out = tmp_path_factory.mktemp("run")
-    result = run(TRAIN, "--data", corpus, *TINY_ARGS, "--epochs", "2", "--checkpoint-dir", out)
+    result = run_script(
+        TRAIN, "--data", corpus, *TINY_ARGS, "--epochs", "2", "--checkpoint-dir", out
+    )
     assert "Ep 2 (Step" in result.stdout and "Final train loss" in result.stdout
     assert "Training" in result.stderr  # the progress bar
     return out
@@ -64,7 +63,7 @@ def trained(corpus, tmp_path_factory) -> Path:
 
 def test_help():
     for script, option in ((TRAIN, "--checkpoint-dir"), (GENERATE, "--top-k")):
-        result = run(script, "--help")
+        result = run_script(script, "--help")
         assert option in result.stdout and "usage" in result.stdout
 
 
@@ -80,9 +79,9 @@ def test_train_writes_checkpoint_plot_and_lowers_the_loss(trained):
 
 
 def test_resume_continues_exactly(corpus, trained, tmp_path):
-    run(TRAIN, "--data", corpus, *TINY_ARGS, "--epochs", "1", "--checkpoint-dir", tmp_path)
+    run_script(TRAIN, "--data", corpus, *TINY_ARGS, "--epochs", "1", "--checkpoint-dir", tmp_path)
     assert read_checkpoint_extra(tmp_path / "last.pth")["epoch"] == 1
-    result = run(
+    result = run_script(
         TRAIN,
         "--data",
         corpus,
@@ -115,14 +114,14 @@ def test_train_reports_bad_data_clearly(tmp_path):
     short.write_text("Just a few words.", encoding="utf-8")
     assert "too few for one window" in main_error(TRAIN, "--data", short, *TINY_ARGS)
     # The same message reaches a user of the command line, without a traceback.
-    result = run(TRAIN, "--data", short, *TINY_ARGS, check=False)
+    result = run_script(TRAIN, "--data", short, *TINY_ARGS, check=False)
     assert result.returncode == 1 and result.stderr.startswith("error: the text has")
 
 
 def test_generate_from_checkpoint(trained):
     ckpt = trained / "last.pth"
     prompt = "Every effort moves you"
-    greedy = run(
+    greedy = run_script(
         GENERATE,
         "--checkpoint",
         ckpt,
@@ -145,7 +144,7 @@ def test_generate_from_checkpoint(trained):
     assert greedy.stdout.split("\n", 1)[1].rstrip("\n") == token_ids_to_text(
         expected_ids, tokenizer
     )
-    sampled = run(GENERATE, "--checkpoint", ckpt, "--temperature", "1.5", "--seed", "7")
+    sampled = run_script(GENERATE, "--checkpoint", ckpt, "--temperature", "1.5", "--seed", "7")
     assert sampled.stdout.count(prompt) == 1 and sampled.stdout != greedy.stdout
 
 

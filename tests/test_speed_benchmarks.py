@@ -20,10 +20,9 @@ def test_training_benchmark_prints_a_row_per_variant():
     )
     lines = result.stdout.splitlines()
     assert any(line.startswith("Measured matmul peak: fp32") for line in lines)
-    rows = [line for line in lines if line.startswith("course, plain")]
-    assert [row[:40].strip() for row in rows] == ["course, plain", "course, plain, bf16"]
-    for row in rows:
-        step_ms, tokens_per_s, vs_ref, of_peak = row[40:].split()
+    rows = [line.rsplit(maxsplit=4) for line in lines if line.startswith("course, plain")]
+    assert [row[0] for row in rows] == ["course, plain", "course, plain, bf16"]
+    for _, step_ms, tokens_per_s, vs_ref, of_peak in rows:
         assert float(step_ms.removesuffix("ms")) > 0 and float(tokens_per_s.replace(",", "")) > 0
         assert vs_ref == "nanx"  # the reference was not selected
         assert of_peak.endswith("%")
@@ -35,5 +34,7 @@ def test_generation_benchmark_agrees_on_tokens():
         *("--new-tokens", "4", "--prompt-tokens", "3", "--repeats", "1"),
     )
     verdicts = [line for line in result.stdout.splitlines() if line.startswith("tokens of ")]
-    assert len(verdicts) == 4
-    assert all(line.endswith(": True") for line in verdicts), result.stdout
+    compared = ["course, plain, KV cache", "course, fused, KV cache", "reference (transformers"]
+    for name in compared:
+        verdict = next(line for line in verdicts if line.startswith(f"tokens of '{name}"))
+        assert verdict.endswith(": True"), result.stdout

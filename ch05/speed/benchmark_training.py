@@ -37,9 +37,8 @@ class Variant:
     fused: bool = False  # fused kernels: attention (QKV + SDPA), layer norm, GELU
     bf16: bool = False  # bf16 autocast
     compile: bool = False  # torch.compile
-    fused_adamw: bool = (
-        False  # AdamW's fused kernel (shared.speed.make_adamw) instead of the book's
-    )
+    # AdamW's fused kernel (shared.speed.make_adamw) instead of the book's torch.optim.AdamW
+    fused_adamw: bool = False
 
 
 VARIANTS = [
