@@ -37,8 +37,7 @@ from shared.classification import (
     train_classifier_simple,
 )
 from shared.device import get_device
-from shared.gpt import GPTModel
-from shared.gpt2_weights import GPT2_HF_NAMES, STANDIN_CONFIG, load_pretrained_gpt2
+from shared.gpt2_weights import GPT2_HF_NAMES, load_pretrained_gpt2, standin_gpt
 from shared.tokenizers import gpt2_tokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -146,11 +145,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_base_model(name: str, seed: int):
     """(model, config, description, is_standin) for a GPT-2 size or "standin"."""
-    if name == "standin":
-        torch.manual_seed(seed)
-        description = "stand-in: randomly initialised 4-layer, 256-dim GPT (not GPT-2)"
-        return GPTModel(STANDIN_CONFIG), dict(STANDIN_CONFIG), description, True
-    pretrained = load_pretrained_gpt2(name, seed=seed)
+    pretrained = standin_gpt(seed) if name == "standin" else load_pretrained_gpt2(name, seed=seed)
     return pretrained.model, pretrained.config, pretrained.description, pretrained.is_standin
 
 

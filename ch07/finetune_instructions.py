@@ -26,8 +26,7 @@ from tqdm import tqdm
 
 from shared.data import DataUnavailableError, fetch
 from shared.device import get_device
-from shared.gpt import GPTModel
-from shared.gpt2_weights import STANDIN_CONFIG, load_pretrained_gpt2
+from shared.gpt2_weights import load_pretrained_gpt2, standin_gpt
 from shared.instruction import (
     PROMPT_STYLES,
     create_instruction_dataloader,
@@ -145,13 +144,11 @@ def main(argv=None) -> int:
         return 2
 
     if args.standin:
-        torch.manual_seed(args.seed)
-        model, config, is_standin = GPTModel(STANDIN_CONFIG), dict(STANDIN_CONFIG), True
-        print("Using the stand-in model (--standin): a randomly initialised 4-layer, 256-dim GPT.")
+        pretrained = standin_gpt(args.seed)
     else:
         pretrained = load_pretrained_gpt2(args.model_size, seed=args.seed)
-        model, config, is_standin = pretrained.model, pretrained.config, pretrained.is_standin
-        print(f"Model: {pretrained.description}")
+    model, config, is_standin = pretrained.model, pretrained.config, pretrained.is_standin
+    print(f"Model: {pretrained.description}")
     model.to(device)
     lr = args.lr if args.lr is not None else (STANDIN_LR if is_standin else BOOK_LR)
     print(f"Learning rate {lr}")

@@ -213,12 +213,23 @@ class PretrainedGPT:
     is_standin: bool
 
 
+def standin_gpt(seed: int = 123) -> PretrainedGPT:
+    """The stand-in for GPT-2 where its weights cannot be had: GPTModel(STANDIN_CONFIG),
+    initialised after torch.manual_seed(seed), in eval mode, with is_standin=True."""
+    torch.manual_seed(seed)
+    return PretrainedGPT(
+        model=GPTModel(STANDIN_CONFIG).eval(),
+        config=dict(STANDIN_CONFIG),
+        description="stand-in: randomly initialised 4-layer, 256-dim GPT (not GPT-2)",
+        is_standin=True,
+    )
+
+
 def load_pretrained_gpt2(size: str = "124M", seed: int = 123) -> PretrainedGPT:
     """GPTModel with OpenAI's GPT-2 weights of one size, in eval mode.
 
     When the weights cannot be had (offline, nothing cached or mirrored), prints one line
-    saying so and returns the stand-in: GPTModel(STANDIN_CONFIG) initialised after
-    torch.manual_seed(seed), with is_standin=True.
+    saying so and returns standin_gpt(seed).
     """
     _check_size(size)
     try:
@@ -228,14 +239,7 @@ def load_pretrained_gpt2(size: str = "124M", seed: int = 123) -> PretrainedGPT:
             f"GPT-2 {size} weights are not available (offline?); using the stand-in: a randomly "
             "initialised 4-layer, 256-dim GPT (shared.gpt2_weights.STANDIN_CONFIG)."
         )
-        torch.manual_seed(seed)
-        model = GPTModel(STANDIN_CONFIG).eval()
-        return PretrainedGPT(
-            model=model,
-            config=dict(STANDIN_CONFIG),
-            description="stand-in: randomly initialised 4-layer, 256-dim GPT (not GPT-2)",
-            is_standin=True,
-        )
+        return standin_gpt(seed)
     config = dict(GPT2_MODEL_CONFIGS[size])
     torch.manual_seed(seed)
     model = GPTModel(config)

@@ -20,6 +20,7 @@ from shared.gpt2_weights import (
     load_gpt2_params,
     load_pretrained_gpt2,
     load_weights_into_gpt,
+    standin_gpt,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -198,6 +199,12 @@ def test_offline_gives_the_standin_with_one_line(offline, capsys):
         50257,
         256,
     )
+    # The same seed gives the same stand-in as the one the scripts build with standin_gpt.
+    direct = standin_gpt(seed=5)
+    assert direct.is_standin and direct.description == pretrained.description
+    for a, b in zip(direct.model.parameters(), pretrained.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(standin_gpt(seed=6).model.tok_emb.weight, direct.model.tok_emb.weight)
     # The stand-in is reproducible from its seed.
     torch.manual_seed(5)
     again = GPTModel(STANDIN_CONFIG)
