@@ -14,4 +14,9 @@ shared.corpus          corpora larger than memory: memory-mapped token files (ch
 shared.classification  finetuning for spam classification (ch06)
 shared.instruction     instruction finetuning and scoring responses (ch07)
 shared.lora            low-rank adaptation (LoRA) layers (ch07)
+shared.figures         the course's own diagrams, drawn from code (all chapters)
 """
+
+# Where the course lives: the Colab badges, the notebooks' install cell and the setup guides
+# use this address (tests/test_repo.py checks every notebook and document against it).
+REPOSITORY = "https://github.com/llm-from-scratch-course/llm-from-scratch"

@@ -9,6 +9,7 @@ returns a documented stand-in so that a chapter still runs.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,19 +226,31 @@ def standin_gpt(seed: int = 123) -> PretrainedGPT:
     )
 
 
+# The test suite's switch: when this environment variable is "1", load_pretrained_gpt2 returns
+# the stand-in without touching the network, so the suite gives the same result online and offline.
+STANDIN_ENV = "LLM_COURSE_STANDIN"
+
+STANDIN_NOTE = "a randomly initialised 4-layer, 256-dim GPT (shared.gpt2_weights.STANDIN_CONFIG)"
+
+
 def load_pretrained_gpt2(size: str = "124M", seed: int = 123) -> PretrainedGPT:
     """GPTModel with OpenAI's GPT-2 weights of one size, in eval mode.
 
-    When the weights cannot be had (offline, nothing cached or mirrored), prints one line
-    saying so and returns standin_gpt(seed).
+    When the environment variable LLM_COURSE_STANDIN is "1" (the test suite sets it), or the
+    weights cannot be had (offline, nothing cached or mirrored), prints one line saying why and
+    returns standin_gpt(seed).
     """
     _check_size(size)
+    if os.environ.get(STANDIN_ENV) == "1":
+        print(
+            f"GPT-2 {size} weights not loaded: {STANDIN_ENV}=1 is set; using the stand-in: {STANDIN_NOTE}."
+        )
+        return standin_gpt(seed)
     try:
         params = load_gpt2_params(size)
     except DataUnavailableError:
         print(
-            f"GPT-2 {size} weights are not available (offline?); using the stand-in: a randomly "
-            "initialised 4-layer, 256-dim GPT (shared.gpt2_weights.STANDIN_CONFIG)."
+            f"GPT-2 {size} weights are not available (offline?); using the stand-in: {STANDIN_NOTE}."
         )
         return standin_gpt(seed)
     config = dict(GPT2_MODEL_CONFIGS[size])

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 import shared.data
 from shared.data import fetch
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
+from shared.gpt2_weights import STANDIN_ENV
 from shared.pretraining import (
     generate,
     load_checkpoint,
@@ -179,6 +180,7 @@ def offline(monkeypatch, tmp_path):
         raise urllib.error.URLError("network unreachable (test)")
 
     monkeypatch.setattr(shared.data, "download_to", unreachable)
+    monkeypatch.delenv(STANDIN_ENV, raising=False)  # the test suite's switch would skip the fetch
     return tmp_path
 
 

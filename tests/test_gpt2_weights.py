@@ -15,6 +15,7 @@ from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import (
     GPT2_HF_NAMES,
     STANDIN_CONFIG,
+    STANDIN_ENV,
     check_safetensors,
     gpt2_weights_file,
     load_gpt2_params,
@@ -181,6 +182,7 @@ def offline(monkeypatch, tmp_path):
         raise urllib.error.URLError("network unreachable (test)")
 
     monkeypatch.setattr(shared.data, "download_to", unreachable)
+    monkeypatch.delenv(STANDIN_ENV, raising=False)  # the test suite's switch would skip the fetch
     return tmp_path
 
 

@@ -4,18 +4,47 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
+from shared import REPOSITORY
+
 REPO = Path(__file__).resolve().parent.parent
 
-COLAB_CELL = """\
-# Runs only in Google Colab: installs the course package `shared` and what Colab lacks.
+# The install cell every notebook has right below its title, with the course's address.
+COLAB_CELL = f"""\
+# In Google Colab only: install the course package `shared` (elsewhere this cell does nothing).
+import subprocess
 import sys
 
+COURSE = "{REPOSITORY}"
 if "google.colab" in sys.modules:
-    %pip install -q "llm-from-scratch-course @ git+https://github.com/llm-from-scratch-course/llm-from-scratch.git\""""
+    package = f"llm-from-scratch-course @ git+{{COURSE}}.git"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", package], capture_output=True, text=True
+    )
+    if install.returncode != 0:
+        raise RuntimeError(f"Installing the course from {{COURSE}} failed:\\n{{install.stderr[-1500:]}}")"""
+
+
+def colab_badge(notebook: Path) -> str:
+    """The "Open in Colab" badge (Markdown) of a notebook, opening it from the course's repository."""
+    path = notebook.relative_to(REPO).as_posix()
+    github = REPOSITORY.removeprefix("https://github.com/")
+    return (
+        "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+        f"(https://colab.research.google.com/github/{github}/blob/main/{path})"
+    )
+
+
+# Addresses of the course's own repository, wherever they appear (clone, raw files, Colab).
+COURSE_ADDRESS = re.compile(
+    r"(?:github\.com|githubusercontent\.com|colab\.research\.google\.com/github)/([\w.-]+/[\w.-]+)"
+)
+# Run-specific cell metadata that setup/execute_notebooks.py strips.
+RUN_SPECIFIC_CELL_KEYS = ("execution", "ExecuteTime", "collapsed", "scrolled")
 
 LAYOUT = [
     "README.md",
@@ -131,9 +160,48 @@ def ids(paths):
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=ids(NOTEBOOKS))
-def test_first_code_cell_is_the_colab_cell(notebook):
-    code = [source(c) for c in load(notebook)["cells"] if c["cell_type"] == "code"]
-    assert code and code[0] == COLAB_CELL
+def test_title_badge_and_colab_cell_open_the_notebook(notebook):
+    cells = load(notebook)["cells"]
+    title = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown")
+    heading, _, rest = source(cells[title]).partition("\n")
+    assert heading.startswith("# "), "the first Markdown cell is the title"
+    assert rest.lstrip("\n").startswith(colab_badge(notebook)), "no Colab badge under the title"
+    code = [i for i, c in enumerate(cells) if c["cell_type"] == "code"]
+    assert code[0] == title + 1 and source(cells[code[0]]) == COLAB_CELL
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_notebook_has_no_run_specific_metadata(notebook):
+    found = sorted(
+        {key for cell in load(notebook)["cells"] for key in cell.get("metadata", {})}
+        & set(RUN_SPECIFIC_CELL_KEYS)
+    )
+    assert found == [], "save it with: python setup/execute_notebooks.py --clean-only NOTEBOOK"
+
+
+def course_documents() -> list[Path]:
+    """The notebooks and the Markdown and Python files that a learner reads."""
+    docs = [
+        p
+        for p in REPO.rglob("*.md")
+        if not any(x.startswith(".") for x in p.relative_to(REPO).parts)
+    ]
+    return sorted(docs) + NOTEBOOKS
+
+
+def test_every_document_names_the_one_course_repository():
+    wrong = {}
+    for doc in course_documents():
+        text = doc.read_text(encoding="utf-8")
+        for owner_repo in COURSE_ADDRESS.findall(text):
+            owner_repo = owner_repo.removesuffix(".git")
+            ours = REPOSITORY.split("/")[-2:]
+            theirs = owner_repo.split("/")
+            if (theirs[0] == ours[0] or theirs[1] == ours[1]) and theirs != ours:
+                wrong.setdefault(str(doc.relative_to(REPO)), []).append(owner_repo)
+    assert wrong == {}, f"use shared.REPOSITORY ({REPOSITORY})"
+    mentions = [d for d in course_documents() if REPOSITORY in d.read_text(encoding="utf-8")]
+    assert len(mentions) >= len(NOTEBOOKS), "every notebook's install cell names the repository"
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=ids(NOTEBOOKS))

@@ -1,0 +1,80 @@
+"""Execute notebooks top to bottom the way the test suite checks them, and save them clean.
+
+    python setup/execute_notebooks.py ch03/ch03.ipynb [more.ipynb ...]
+    python setup/execute_notebooks.py --clean-only ch03/ch03.ipynb   # strip metadata, run nothing
+
+Each notebook runs in its own folder with the environment of the test suite (the GPT-2 stand-in
+switch of conftest.py), and is saved without run-specific metadata (per-cell execution
+timestamps), so that saving a rerun with the same outputs changes nothing in git.
+Committed notebooks are executed with this script; tests/test_notebook_hygiene.py checks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# Cell metadata that a run writes and that says nothing about the notebook itself.
+RUN_SPECIFIC_CELL_KEYS = ("execution", "ExecuteTime", "collapsed", "scrolled")
+
+
+def clean_notebook(nb: dict) -> dict:
+    """Drop run-specific cell metadata and widget state; return nb (changed in place)."""
+    nb["metadata"].pop("widgets", None)
+    for cell in nb["cells"]:
+        for key in RUN_SPECIFIC_CELL_KEYS:
+            cell.get("metadata", {}).pop(key, None)
+    return nb
+
+
+def write_notebook(nb: dict, path: Path) -> None:
+    """Write nb as Jupyter does (1-space indent, keys in order, trailing newline), atomically."""
+    tmp = path.with_suffix(".ipynb.tmp")
+    tmp.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def execute(path: Path, timeout: int) -> float:
+    """Execute the notebook at path in its own folder; return the wall time in seconds."""
+    import nbformat
+    from nbconvert.preprocessors import ExecutePreprocessor
+
+    nb = nbformat.read(path, as_version=4)
+    start = time.perf_counter()
+    ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
+        nb, {"metadata": {"path": str(path.parent)}}
+    )
+    elapsed = time.perf_counter() - start
+    write_notebook(clean_notebook(json.loads(nbformat.writes(nb))), path)
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="+", type=Path, help="notebook files (.ipynb)")
+    parser.add_argument(
+        "--clean-only", action="store_true", help="only strip run-specific metadata"
+    )
+    parser.add_argument(
+        "--timeout", type=int, default=1800, help="seconds allowed per cell (default: 1800)"
+    )
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from shared.gpt2_weights import STANDIN_ENV
+
+    os.environ[STANDIN_ENV] = "1"  # the same switch conftest.py sets for the test suite
+    for path in args.notebooks:
+        if args.clean_only:
+            write_notebook(clean_notebook(json.loads(path.read_text(encoding="utf-8"))), path)
+            print(f"{path}: cleaned")
+        else:
+            print(f"{path}: executed in {execute(path.resolve(), args.timeout):.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
