@@ -89,6 +89,11 @@ REGISTRY: dict[str, DataFile] = {
         url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json",
         sha256="7e09a9af353722ca15c18bc580f093f9c39d3178335a75177319cb1e1d163944",
     ),
+    "instruction-data-with-preference": DataFile(
+        name="instruction-data-with-preference.json",
+        url="https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/04_preference-tuning-with-dpo/instruction-data-with-preference.json",
+        sha256="305315abf14f65fa42c01a0877572f832606571c2a7d49f152ac1d758b16756e",
+    ),
     "gpt2-vocab-bpe": DataFile(
         name="gpt2/vocab.bpe",
         url="https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
