@@ -48,6 +48,7 @@ from shared.distributed import (
 )
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.pretraining import (
+    calc_loss_batch,
     evaluate_model,
     generate_and_print_sample,
     load_checkpoint,
@@ -329,7 +330,7 @@ def train_epoch(
     model.train()
     for i, batches in enumerate(accumulation_groups(train_loader, options.grad_accumulation_steps)):
         apply_lr_schedule(optimizer, state["global_step"], total_steps, options)
-        loss = train_step(model, batches, optimizer, device, options)
+        loss = train_step(model, batches, optimizer, device, options, loss_fn=calc_loss_batch)
         state["tokens_seen"] += sum(inputs.numel() for inputs, _ in batches) * processes
         if state["global_step"] % args.eval_freq == 0:
             with autocast_context(device, options.bf16):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import torch
@@ -18,10 +17,16 @@ from torch import nn
 from tqdm import tqdm
 
 from shared.distributed import get_world_size, is_main_process
+from shared.speed import (
+    TrainingOptions,
+    accumulation_groups,
+    apply_lr_schedule,
+    autocast_context,
+    steps_per_epoch,
+    train_step,
+    unwrap_model,
+)
 from shared.tokenizers import END_OF_TEXT
-
-if TYPE_CHECKING:
-    from shared.speed import TrainingOptions
 
 
 def text_to_token_ids(text: str, tokenizer) -> torch.Tensor:
@@ -144,16 +149,6 @@ def train_model_simple(
     anyway. Only rank 0 prints (losses, samples, progress bar); tokens seen count the tokens of
     all processes.
     """
-    from shared.speed import (  # imported here: shared.speed builds on this module
-        TrainingOptions,
-        accumulation_groups,
-        apply_lr_schedule,
-        autocast_context,
-        steps_per_epoch,
-        train_step,
-        unwrap_model,
-    )
-
     options = options or TrainingOptions()
     if eval_freq < 1 or eval_iter < 1:
         raise ValueError(f"eval_freq ({eval_freq}) and eval_iter ({eval_iter}) must be >= 1")
@@ -174,7 +169,7 @@ def train_model_simple(
                 sampler.set_epoch(epoch)
             for batches in accumulation_groups(train_loader, options.grad_accumulation_steps):
                 apply_lr_schedule(optimizer, global_step, total_steps, options)
-                train_step(step_model, batches, optimizer, device, options)
+                train_step(step_model, batches, optimizer, device, options, loss_fn=calc_loss_batch)
                 tokens_seen += sum(inputs.numel() for inputs, _ in batches) * processes
 
                 if global_step % eval_freq == 0:
@@ -217,10 +212,10 @@ def generate(
     Returns (b, n + m) with m <= max_new_tokens. Runs without gradients; the caller chooses
     eval or train mode.
 
-    use_cache=True (a GPTModel) gives the same tokens faster: the keys and values of tokens
-    already seen are cached, so each step only processes the newest token. Once the window of
-    context_size tokens is full it slides, which shifts every token's absolute position, so
-    from then on the cache is refilled from the window at each step.
+    use_cache=True (a shared.kv_cache.KVCacheGPTModel) gives the same tokens faster: the keys
+    and values of tokens already seen are cached, so each step only processes the newest token.
+    Once the window of context_size tokens is full it slides, which shifts every token's absolute
+    position, so from then on the cache is refilled from the window at each step.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -228,6 +223,11 @@ def generate(
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if use_cache and not hasattr(model, "reset_kv_cache"):
+        raise TypeError(
+            f"use_cache=True needs a model with a KV cache, got {type(model).__name__}; "
+            "build shared.kv_cache.KVCacheGPTModel(cfg) and load the same state_dict"
+        )
 
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     if use_cache:

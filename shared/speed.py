@@ -4,7 +4,8 @@
 ``torch.compile``, gradient accumulation, learning-rate warmup and cosine decay, gradient
 clipping). Every option is off by default, and then a step is exactly the book's:
 ``zero_grad``, loss, ``backward``, ``step``. ``train_step`` performs one optimizer step with the
-options; ``shared.pretraining.train_model_simple`` and ``ch05/train.py`` both use it.
+options; ``shared.pretraining.train_model_simple`` and ``ch05/train.py`` both use it, passing
+the loss function (``calc_loss_batch``) in, so this module does not import shared.pretraining.
 
 Shapes: b = batch size (rows of one micro-batch), n = number of tokens.
 """
@@ -13,14 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-
-from shared.pretraining import calc_loss_batch
 
 
 @dataclass(frozen=True)
@@ -189,14 +188,17 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     device,
     options: TrainingOptions | None = None,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, nn.Module, object], torch.Tensor],
 ) -> torch.Tensor:
     """One optimizer step on the micro-batches of one accumulation group.
 
-    micro_batches: (inputs, targets) pairs, each (b, n). Each micro-batch's loss is divided by
-    the number of micro-batches before its backward pass, so the gradient is that of their mean
-    loss: k micro-batches of b rows give the gradient of one batch of k * b rows (when no
-    targets are ignored). Under DistributedDataParallel, gradients are averaged across processes
-    once, on the last micro-batch. Then the gradients are clipped (options.max_grad_norm) and the
+    micro_batches: (inputs, targets) pairs, each (b, n). loss_fn(inputs, targets, model, device)
+    returns a micro-batch's mean loss, a scalar (Chapter 5: shared.pretraining.calc_loss_batch).
+    Each micro-batch's loss is divided by the number of micro-batches before its backward pass,
+    so the gradient is that of their mean loss: k micro-batches of b rows give the gradient of
+    one batch of k * b rows (when no targets are ignored). Under DistributedDataParallel,
+    gradients are averaged across processes once, on the last micro-batch. Then the gradients are clipped (options.max_grad_norm) and the
     optimizer steps. With options.bf16 the forward passes run under bf16 autocast.
     Returns the mean loss of the micro-batches, a detached scalar tensor.
     """
@@ -211,7 +213,7 @@ def train_step(
         last = i == count - 1
         with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
             with autocast_context(device, options.bf16):
-                loss = calc_loss_batch(input_batch, target_batch, model, device)
+                loss = loss_fn(input_batch, target_batch, model, device)
             (loss / count if count > 1 else loss).backward()
         total += loss.detach().float()
     if options.max_grad_norm is not None:

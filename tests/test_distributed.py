@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from shared.corpus import TokenWindowDataset
 from shared.data import fetch
 from shared.distributed import get_world_size, is_main_process, setup_distributed
-from shared.pretraining import read_checkpoint_extra, train_model_simple
+from shared.pretraining import calc_loss_batch, read_checkpoint_extra, train_model_simple
 from shared.speed import TrainingOptions, train_step
 from shared.tokenizers import gpt2_tokenizer
 from tests.test_pretraining import TINY, one_thread, tiny_model  # noqa: F401  (autouse)
@@ -74,7 +74,8 @@ def ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         share = slice(rank * 4, rank * 4 + 4)
         mine = [(inputs[share][:2], targets[share][:2]), (inputs[share][2:], targets[share][2:])]
         losses = [
-            train_step(ddp_model, mine, optimizer, "cpu", OPTIONS).item() for _ in range(STEPS)
+            train_step(ddp_model, mine, optimizer, "cpu", OPTIONS, loss_fn=calc_loss_batch).item()
+            for _ in range(STEPS)
         ]
         after_steps = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -139,7 +140,9 @@ def test_ddp_equals_one_process_on_the_global_batch(tmp_path):
     inputs, targets = global_batch()
     reference = TrainingOptions(max_grad_norm=OPTIONS.max_grad_norm)
     losses = [
-        train_step(model, [(inputs, targets)], optimizer, "cpu", reference).item()
+        train_step(
+            model, [(inputs, targets)], optimizer, "cpu", reference, loss_fn=calc_loss_batch
+        ).item()
         for _ in range(STEPS)
     ]
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import shared
 from shared.dataset import create_dataloader_v1
 from shared.pretraining import calc_loss_batch, train_model_simple
 from shared.speed import (
@@ -23,7 +28,10 @@ from shared.speed import (
     unwrap_model,
 )
 from shared.tokenizers import gpt2_tokenizer
+from tests.notebook_code import REPO
 from tests.test_pretraining import TEXT, TINY, one_thread, tiny_model  # noqa: F401  (autouse)
+
+LOSS = calc_loss_batch  # the loss train_step is given: Chapter 5's next-token cross-entropy
 
 
 def global_batch(rows: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +134,7 @@ def test_default_step_is_the_books_step():
         loss_a = calc_loss_batch(inputs, targets, model_a, "cpu")
         loss_a.backward()
         opt_a.step()
-        loss_b = train_step(model_b, [(inputs, targets)], opt_b, "cpu")
+        loss_b = train_step(model_b, [(inputs, targets)], opt_b, "cpu", loss_fn=LOSS)
         assert loss_b.item() == loss_a.item()
     for p, q in zip(model_a.parameters(), model_b.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -137,10 +145,10 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_both():
     whole, split = tiny_model(), tiny_model()
     opt_whole = torch.optim.SGD(whole.parameters(), lr=0.5)
     opt_split = torch.optim.SGD(split.parameters(), lr=0.5)
-    loss_whole = train_step(whole, [(inputs, targets)], opt_whole, "cpu")
+    loss_whole = train_step(whole, [(inputs, targets)], opt_whole, "cpu", loss_fn=LOSS)
     options = TrainingOptions(grad_accumulation_steps=2)
     micro = [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])]
-    loss_split = train_step(split, micro, opt_split, "cpu", options)
+    loss_split = train_step(split, micro, opt_split, "cpu", options, loss_fn=LOSS)
     assert loss_split.item() == pytest.approx(loss_whole.item(), rel=1e-6)
     for g, h in zip(grads(whole), grads(split), strict=True):
         torch.testing.assert_close(h, g, atol=1e-7, rtol=1e-5)
@@ -191,12 +199,19 @@ def test_accumulation_groups_and_steps_per_epoch():
 def test_clipping_bounds_the_gradient_norm_and_keeps_its_direction():
     inputs, targets = global_batch()
     free, clipped = tiny_model(), tiny_model()
-    train_step(free, [(inputs, targets)], torch.optim.SGD(free.parameters(), lr=0.0), "cpu")
+    train_step(
+        free, [(inputs, targets)], torch.optim.SGD(free.parameters(), lr=0.0), "cpu", loss_fn=LOSS
+    )
     norm = total_norm(grads(free))
     limit = norm / 10
     options = TrainingOptions(max_grad_norm=limit)
     train_step(
-        clipped, [(inputs, targets)], torch.optim.SGD(clipped.parameters(), lr=0.0), "cpu", options
+        clipped,
+        [(inputs, targets)],
+        torch.optim.SGD(clipped.parameters(), lr=0.0),
+        "cpu",
+        options,
+        loss_fn=LOSS,
     )
     assert total_norm(grads(clipped)) == pytest.approx(limit, rel=1e-4)
     for g, h in zip(grads(free), grads(clipped), strict=True):
@@ -205,7 +220,12 @@ def test_clipping_bounds_the_gradient_norm_and_keeps_its_direction():
     loose = tiny_model()
     options = TrainingOptions(max_grad_norm=norm * 2)
     train_step(
-        loose, [(inputs, targets)], torch.optim.SGD(loose.parameters(), lr=0.0), "cpu", options
+        loose,
+        [(inputs, targets)],
+        torch.optim.SGD(loose.parameters(), lr=0.0),
+        "cpu",
+        options,
+        loss_fn=LOSS,
     )
     for g, h in zip(grads(free), grads(loose), strict=True):
         assert torch.equal(g, h)
@@ -228,8 +248,10 @@ def test_bf16_autocast_runs_on_cpu_and_its_loss_is_close_to_fp32():
     opt_fp32 = torch.optim.AdamW(fp32.parameters(), lr=1e-3)
     opt_bf16 = torch.optim.AdamW(bf16.parameters(), lr=1e-3)
     for _ in range(3):
-        a = train_step(fp32, [(inputs, targets)], opt_fp32, "cpu")
-        b = train_step(bf16, [(inputs, targets)], opt_bf16, "cpu", TrainingOptions(bf16=True))
+        a = train_step(fp32, [(inputs, targets)], opt_fp32, "cpu", loss_fn=LOSS)
+        b = train_step(
+            bf16, [(inputs, targets)], opt_bf16, "cpu", TrainingOptions(bf16=True), loss_fn=LOSS
+        )
         assert b.item() == pytest.approx(a.item(), rel=1e-2)
     assert all(p.dtype == torch.float32 for p in bf16.parameters())
 
@@ -286,3 +308,73 @@ def test_fused_adamw_on_cpu_matches_the_books_adamw():
 def test_make_adamw_is_fused_on_cuda():
     model = tiny_model().cuda()
     assert make_adamw(model.parameters(), lr=1e-3, weight_decay=0.0).param_groups[0]["fused"]
+
+
+def test_train_step_minimises_the_loss_function_it_is_given():
+    inputs, targets = global_batch()
+    plain, doubled = tiny_model(), tiny_model()
+    calls = []
+
+    def twice_the_loss(input_batch, target_batch, model, device):
+        calls.append((input_batch.shape, device))
+        return 2 * calc_loss_batch(input_batch, target_batch, model, device)
+
+    train_step(
+        plain, [(inputs, targets)], torch.optim.SGD(plain.parameters(), lr=0.0), "cpu", loss_fn=LOSS
+    )
+    loss = train_step(
+        doubled,
+        [(inputs[:2], targets[:2]), (inputs[2:], targets[2:])],
+        torch.optim.SGD(doubled.parameters(), lr=0.0),
+        "cpu",
+        TrainingOptions(grad_accumulation_steps=2),
+        loss_fn=twice_the_loss,
+    )
+    assert calls == [((2, 12), "cpu"), ((2, 12), "cpu")]
+    assert loss.item() == pytest.approx(2 * calc_loss_batch(inputs, targets, plain, "cpu").item())
+    for g, h in zip(grads(plain), grads(doubled), strict=True):
+        torch.testing.assert_close(h, 2 * g, atol=1e-7, rtol=1e-4)
+
+
+def shared_imports() -> dict[str, set[str]]:
+    """For every module of the shared package, the shared modules it imports anywhere in its
+    source (at the top or inside a function), found by reading the source."""
+    root = Path(shared.__file__).parent
+    graph = {}
+    for path in sorted(root.rglob("*.py")):
+        name = ".".join(("shared", *path.relative_to(root).with_suffix("").parts))
+        name = name.removesuffix(".__init__")
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shared"):
+                imported.add(node.module)
+                if node.module == "shared":
+                    imported |= {f"shared.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names if a.name.startswith("shared")}
+        graph[name] = imported - {name}
+    return graph
+
+
+def test_no_import_circles_in_shared():
+    graph = shared_imports()
+    assert "shared.pretraining" not in graph["shared.speed"]  # the loss is passed in instead
+    assert "shared.speed" in graph["shared.pretraining"]
+
+    def circle_from(module, path):
+        for imported in sorted(graph.get(module, ())):
+            if imported in path:
+                return [*path[path.index(imported) :], imported]
+            found = circle_from(imported, [*path, imported])
+            if found:
+                return found
+        return None
+
+    circles = [c for m in graph if (c := circle_from(m, [m]))]
+    assert circles == [], f"import circle: {' -> '.join(circles[0])}"
+    # And at run time: importing shared.speed alone loads no chapter-5 module.
+    code = "import sys, shared.speed; print('shared.pretraining' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert result.stdout.strip() == "False"
