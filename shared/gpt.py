@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.attention import MultiHeadAttention
+from shared.fast_attention import FusedMultiHeadAttention, KVCacheMultiHeadAttention
 
 GPT_CONFIG_124M = {
     "vocab_size": 50257,  # GPT-2's BPE vocabulary
@@ -94,6 +95,33 @@ class FeedForward(nn.Module):
         return self.layers(x)
 
 
+def dropout_rate(cfg: dict, where: str) -> float:
+    """The dropout rate cfg gives one place ("emb", "attn" or "shortcut"): cfg["drop_rate_<where>"]
+    when present, else cfg["drop_rate"]."""
+    return cfg.get(f"drop_rate_{where}", cfg["drop_rate"])
+
+
+def build_attention(cfg: dict) -> MultiHeadAttention:
+    """The attention module of one transformer block of cfg.
+
+    Chapter 3's MultiHeadAttention by default. Its fast paths have the same weights and
+    state_dict: cfg["kv_cache"] gives KVCacheMultiHeadAttention (computing like the fused path
+    when cfg["fused_kernels"] is also set), cfg["fused_kernels"] alone FusedMultiHeadAttention.
+    """
+    args = dict(
+        d_in=cfg["emb_dim"],
+        d_out=cfg["emb_dim"],
+        context_length=cfg["context_length"],
+        dropout=dropout_rate(cfg, "attn"),
+        num_heads=cfg["n_heads"],
+        qkv_bias=cfg["qkv_bias"],
+    )
+    fused = cfg.get("fused_kernels", False)
+    if cfg.get("kv_cache", False):
+        return KVCacheMultiHeadAttention(**args, fused=fused)
+    return FusedMultiHeadAttention(**args) if fused else MultiHeadAttention(**args)
+
+
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: attention and feed-forward, each with a shortcut.
 
@@ -102,23 +130,15 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: dict):
         super().__init__()
-        self.att = MultiHeadAttention(
-            d_in=cfg["emb_dim"],
-            d_out=cfg["emb_dim"],
-            context_length=cfg["context_length"],
-            dropout=cfg["drop_rate"],
-            num_heads=cfg["n_heads"],
-            qkv_bias=cfg["qkv_bias"],
-            fused=cfg.get("fused_kernels", False),
-        )
+        self.att = build_attention(cfg)
         self.ff = FeedForward(cfg)
         self.norm1 = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
         self.norm2 = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
-        self.drop_shortcut = nn.Dropout(cfg["drop_rate"])
+        self.drop_shortcut = nn.Dropout(dropout_rate(cfg, "shortcut"))
 
-    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x), use_cache=use_cache))
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # attention sub-layer + shortcut
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # feed-forward sub-layer + shortcut
         return x
 
 
@@ -126,12 +146,14 @@ class GPTModel(nn.Module):
     """GPT-2 style language model.
 
     cfg keys: vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias; and,
-    optionally, fused_kernels (default False): the fast path, with the same weights and results,
-    that uses PyTorch's fused kernels for attention (scaled_dot_product_attention, one QKV
-    product), layer norm and GELU.
+    optionally:
+    - drop_rate_emb, drop_rate_attn, drop_rate_shortcut: separate dropout rates after the
+      embeddings, on the attention weights, and before each shortcut (each defaults to drop_rate);
+    - fused_kernels (default False): the fast path, with the same weights and results, that uses
+      PyTorch's fused kernels for attention (FusedMultiHeadAttention), layer norm and GELU.
+    For generation with a key/value cache, shared.kv_cache.KVCacheGPTModel takes the same cfg and
+    state_dict.
     forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size).
-    forward(..., use_cache=True) is for generation: the ids continue the ones seen since the last
-    reset_kv_cache(), their keys and values are cached, and only the new ids need passing.
     """
 
     def __init__(self, cfg: dict):
@@ -139,34 +161,22 @@ class GPTModel(nn.Module):
         self.context_length = cfg["context_length"]
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
-        self.drop_emb = nn.Dropout(cfg["drop_rate"])
+        self.drop_emb = nn.Dropout(dropout_rate(cfg, "emb"))
         self.trf_blocks = nn.Sequential(*(TransformerBlock(cfg) for _ in range(cfg["n_layers"])))
         self.final_norm = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
-        self.cached_tokens = 0  # positions held in the KV cache
 
-    def reset_kv_cache(self) -> None:
-        """Empty the key/value cache of every attention layer."""
-        self.cached_tokens = 0
-        for block in self.trf_blocks:
-            block.att.reset_cache()
-
-    def forward(self, in_idx: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
-        batch_size, seq_len = in_idx.shape
-        start = self.cached_tokens if use_cache else 0
-        if start + seq_len > self.context_length:
-            held = f" after {start} cached tokens" if start else ""
+    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        seq_len = in_idx.shape[1]
+        if seq_len > self.context_length:
             raise ValueError(
-                f"input has {seq_len} tokens{held} but the model's context_length is "
+                f"input has {seq_len} tokens but the model's context_length is "
                 f"{self.context_length}; crop the input to its last {self.context_length} tokens"
             )
         tok_embeds = self.tok_emb(in_idx)
-        pos_embeds = self.pos_emb(torch.arange(start, start + seq_len, device=in_idx.device))
+        pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))
         x = self.drop_emb(tok_embeds + pos_embeds)
-        for block in self.trf_blocks:
-            x = block(x, use_cache=use_cache)
-        if use_cache:
-            self.cached_tokens += seq_len
+        x = self.trf_blocks(x)
         x = self.final_norm(x)
         return self.out_head(x)
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from shared.attention import MultiHeadAttention
+from shared.fast_attention import FusedMultiHeadAttention, KVCacheMultiHeadAttention
 from shared.gpt import GPTModel
+from shared.kv_cache import KVCacheGPTModel
 
 TINY = {
     "vocab_size": 97,
@@ -16,14 +18,33 @@ TINY = {
     "qkv_bias": True,
 }
 
+# Every way to build the model: (class, extra cfg keys).
+PATHS = {
+    "plain": (GPTModel, {}),
+    "fused": (GPTModel, {"fused_kernels": True}),
+    "kv cache": (KVCacheGPTModel, {}),
+    "kv cache, fused": (KVCacheGPTModel, {"fused_kernels": True}),
+}
+
 
 def twin_models(**overrides) -> tuple[GPTModel, GPTModel]:
     """A plain and a fused GPTModel holding the same weights, in eval mode."""
-    torch.manual_seed(1)
-    plain = GPTModel({**TINY, **overrides}).eval()
-    fused = GPTModel({**TINY, **overrides, "fused_kernels": True}).eval()
-    fused.load_state_dict(plain.state_dict())  # same keys, so this is strict
+    plain, fused = (path_model(name, **overrides) for name in ("plain", "fused"))
     return plain, fused
+
+
+def path_model(name: str, **overrides) -> GPTModel:
+    """The model of PATHS[name], holding the weights of GPTModel built with seed 1, in eval mode."""
+    torch.manual_seed(1)
+    weights = GPTModel({**TINY, **overrides}).state_dict()
+    cls, extra = PATHS[name]
+    model = cls({**TINY, **overrides, **extra}).eval()
+    model.load_state_dict(weights)  # same keys, so this is strict
+    return model
+
+
+def cached_models() -> list[KVCacheGPTModel]:
+    return [path_model("kv cache"), path_model("kv cache, fused")]
 
 
 @pytest.mark.parametrize("batch_size", [1, 5])
@@ -33,17 +54,29 @@ def test_fused_attention_equals_plain(batch_size, qkv_bias):
     plain = MultiHeadAttention(
         16, 32, context_length=12, dropout=0.0, num_heads=4, qkv_bias=qkv_bias
     )
-    fused = MultiHeadAttention(16, 32, 12, 0.0, 4, qkv_bias=qkv_bias, fused=True)
+    fused = FusedMultiHeadAttention(16, 32, 12, 0.0, 4, qkv_bias=qkv_bias)
     fused.load_state_dict(plain.state_dict())
     x = torch.randn(batch_size, 12, 16)
     torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=0)
 
 
-def test_fused_model_equals_plain_and_shares_state_dict_keys():
-    plain, fused = twin_models()
-    assert list(plain.state_dict()) == list(fused.state_dict())
+@pytest.mark.parametrize("name", list(PATHS))
+def test_every_path_has_the_plain_state_dict_and_outputs(name):
+    plain, other = path_model("plain"), path_model(name)
+    assert list(other.state_dict()) == list(plain.state_dict())
     ids = torch.randint(0, TINY["vocab_size"], (3, TINY["context_length"]))
-    torch.testing.assert_close(fused(ids), plain(ids), atol=1e-5, rtol=0)
+    if name.endswith("fused"):
+        torch.testing.assert_close(other(ids), plain(ids), atol=1e-5, rtol=0)
+    else:  # the same operations in the same order
+        assert torch.equal(other(ids), plain(ids))
+
+
+def test_config_chooses_the_attention_class():
+    assert type(path_model("plain").trf_blocks[0].att) is MultiHeadAttention
+    assert type(path_model("fused").trf_blocks[0].att) is FusedMultiHeadAttention
+    for name in ("kv cache", "kv cache, fused"):
+        att = path_model(name).trf_blocks[0].att
+        assert type(att) is KVCacheMultiHeadAttention and att.fused == name.endswith("fused")
 
 
 def test_fused_gradients_equal_plain():
@@ -57,7 +90,7 @@ def test_fused_gradients_equal_plain():
 
 @pytest.mark.parametrize("fused", [False, True])
 def test_cached_forward_equals_full_forward(fused):
-    model = twin_models()[int(fused)]
+    model = cached_models()[int(fused)]
     ids = torch.randint(0, TINY["vocab_size"], (2, 20))
     full = model(ids)
     model.reset_kv_cache()
@@ -67,7 +100,7 @@ def test_cached_forward_equals_full_forward(fused):
 
 
 def test_cache_beyond_context_is_a_clear_error():
-    model = twin_models()[0]
+    model = cached_models()[0]
     model.reset_kv_cache()
     model(torch.zeros(1, 20, dtype=torch.long), use_cache=True)
     with pytest.raises(ValueError, match="after 20 cached tokens.*context_length is 24"):
@@ -75,7 +108,7 @@ def test_cache_beyond_context_is_a_clear_error():
 
 
 def test_reset_empties_the_cache():
-    model = twin_models()[1]
+    model = cached_models()[1]
     ids = torch.randint(0, TINY["vocab_size"], (1, 6))
     first = model(ids, use_cache=True)
     model.reset_kv_cache()
@@ -83,7 +116,7 @@ def test_reset_empties_the_cache():
 
 
 def test_stacked_qkv_weights_live_as_long_as_the_cache():
-    plain, fused = twin_models()
+    plain, fused = path_model("plain"), cached_models()[1]
     ids = torch.randint(0, TINY["vocab_size"], (1, 5))
     att = fused.trf_blocks[0].att
     stacked = torch.cat([att.W_query.weight, att.W_key.weight, att.W_value.weight])
@@ -115,7 +148,7 @@ def test_cached_generation_under_inference_mode():
 
     with torch.inference_mode():
         torch.manual_seed(0)
-        model = GPTModel({**TINY, "fused_kernels": True}).eval()
+        model = KVCacheGPTModel({**TINY, "fused_kernels": True}).eval()
         prompt = torch.randint(0, TINY["vocab_size"], (1, 4))
         args = dict(max_new_tokens=6, context_size=TINY["context_length"])
         cached = generate(model, prompt, **args, use_cache=True)
@@ -141,10 +174,11 @@ def test_fused_layer_norm_and_gelu_equal_plain():
 def test_cached_generation_equals_uncached(fused, max_new_tokens):
     from shared.pretraining import generate
 
-    model = twin_models()[int(fused)]
+    model = cached_models()[int(fused)]
     prompt = torch.randint(0, TINY["vocab_size"], (2, 6))
     args = dict(max_new_tokens=max_new_tokens, context_size=TINY["context_length"])
-    plain = generate(model, prompt, **args)
+    plain = generate(twin_models()[int(fused)], prompt, **args)  # GPTModel, no cache
+    assert torch.equal(generate(model, prompt, **args), plain)
     cached = generate(model, prompt, **args, use_cache=True)
     assert plain.shape == (2, 6 + max_new_tokens)
     assert torch.equal(cached, plain)
@@ -157,3 +191,20 @@ def test_cached_generation_equals_uncached(fused, max_new_tokens):
         for c in (False, True)
     ]
     assert torch.equal(sampled[0], sampled[1])
+
+
+def test_cached_generation_needs_a_model_with_a_cache():
+    from shared.pretraining import generate
+
+    with pytest.raises(TypeError, match="KV cache, got GPTModel.*KVCacheGPTModel"):
+        generate(path_model("plain"), torch.zeros(1, 3, dtype=torch.long), 2, 24, use_cache=True)
+
+
+def test_kv_cache_attention_without_cache_is_the_plain_module():
+    torch.manual_seed(0)
+    plain = MultiHeadAttention(16, 32, 12, 0.0, 4, qkv_bias=True)
+    cached = KVCacheMultiHeadAttention(16, 32, 12, 0.0, 4, qkv_bias=True)
+    cached.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 12, 16)
+    assert torch.equal(cached(x), plain(x))
+    assert cached.cache_k is None  # nothing was cached

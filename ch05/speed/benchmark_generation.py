@@ -19,8 +19,9 @@ import torch
 # The sibling script (its folder is on sys.path when this file runs as a script).
 from benchmark_training import reference_model
 
-from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
+from shared.gpt import GPT2_MODEL_CONFIGS
 from shared.gpt2_weights import load_weights_into_gpt
+from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import generate
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     params = reference.state_dict()  # transformers' key layout, loaded as GPT-2 weights are
     course = {}
     for fused in (False, True):
-        model = GPTModel({**cfg, "fused_kernels": fused}).eval()
+        model = KVCacheGPTModel({**cfg, "fused_kernels": fused}).eval()  # GPTModel + cache
         load_weights_into_gpt(model, params)
         course[fused] = model
 

@@ -1,0 +1,143 @@
+"""Fast paths of Chapter 3's MultiHeadAttention, with its constructor, weights and state_dict.
+
+- FusedMultiHeadAttention: the query, key and value projections as one matrix product, and
+  PyTorch's fused scaled_dot_product_attention (flash or memory-efficient kernels where the
+  device has them). Same results as MultiHeadAttention up to float rounding.
+- KVCacheMultiHeadAttention: keeps the keys and values of the tokens it has seen, so that
+  generation feeds only the newest token (ch04/kv-cache.ipynb builds one step by step);
+  shared.kv_cache.KVCacheGPTModel uses it.
+
+shared.gpt.GPTModel picks one by its config (see shared.gpt.build_attention). Shapes: b = batch
+size, n = number of tokens, h = number of heads, d_head = d_out // h.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from shared.attention import MultiHeadAttention
+
+
+def stacked_qkv_weights(att: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """W_query, W_key and W_value of att stacked: weight (3 * d_out, d_in), bias (3 * d_out,) or
+    None when the projections have no bias."""
+    layers = (att.W_query, att.W_key, att.W_value)
+    weight = torch.cat([layer.weight for layer in layers])
+    bias = None if att.W_query.bias is None else torch.cat([layer.bias for layer in layers])
+    return weight, bias
+
+
+def project_qkv_stacked(
+    att: MultiHeadAttention, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, ...]:
+    """Queries, keys and values of x (b, n, d_in) from one product with the stacked weights,
+    each split into heads: (b, h, n, d_head)."""
+    return tuple(att.split_heads(t) for t in F.linear(x, weight, bias).split(att.d_out, dim=-1))
+
+
+def merge_heads(context: torch.Tensor) -> torch.Tensor:
+    """(b, h, n, d_head) -> (b, n, h * d_head): the heads' outputs side by side."""
+    b, h, n, d_head = context.shape
+    return context.transpose(1, 2).contiguous().view(b, n, h * d_head)
+
+
+class FusedMultiHeadAttention(MultiHeadAttention):
+    """MultiHeadAttention computed with one QKV product and scaled_dot_product_attention.
+
+    forward: x (b, n, d_in) with n <= context_length -> (b, n, d_out)
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_length(x.shape[1])
+        queries, keys, values = project_qkv_stacked(self, x, *stacked_qkv_weights(self))
+        context = F.scaled_dot_product_attention(
+            queries,
+            keys,
+            values,
+            dropout_p=self.dropout.p if self.training else 0.0,
+            is_causal=True,  # the causal mask, without building it
+        )
+        return self.out_proj(merge_heads(context))
+
+
+class KVCacheMultiHeadAttention(MultiHeadAttention):
+    """MultiHeadAttention that can keep the keys and values it has computed, for generation.
+
+    fused=True computes as FusedMultiHeadAttention does (one QKV product and
+    scaled_dot_product_attention); False as MultiHeadAttention does.
+
+    forward: x (b, n, d_in) -> (b, n, d_out). With use_cache=True the keys and values of x are
+    appended to the cache, and x's queries attend to every cached position before them
+    (positions cached + n <= context_length); reset_cache() empties it. Without use_cache it
+    computes exactly what the class it mirrors computes and leaves the cache alone.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        qkv_bias: bool = False,
+        fused: bool = False,
+    ):
+        super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+        self.fused = fused
+        self.cache_k: torch.Tensor | None = None  # (b, h, cached, d_head)
+        self.cache_v: torch.Tensor | None = None
+        # Fused path, cached generation without autograd: the stacked query, key and value
+        # weights, (weight, bias), made at the first step and reused while the cache holds keys
+        # (the cached keys and values assume unchanged weights anyway); reset_cache() frees them.
+        self.stacked_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def reset_cache(self) -> None:
+        """Forget the cached keys and values (and the stacked weights kept for them)."""
+        self.cache_k = self.cache_v = None
+        self.stacked_qkv = None
+
+    def project_qkv(self, x: torch.Tensor, use_cache: bool) -> tuple[torch.Tensor, ...]:
+        """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head)."""
+        if not self.fused:
+            return tuple(self.split_heads(w(x)) for w in (self.W_query, self.W_key, self.W_value))
+        keep = use_cache and not torch.is_grad_enabled()
+        if not (keep and self.cache_k is not None and self.stacked_qkv is not None):
+            self.stacked_qkv = stacked_qkv_weights(self)
+        weight_and_bias = self.stacked_qkv
+        if not keep:
+            self.stacked_qkv = None
+        return project_qkv_stacked(self, x, *weight_and_bias)
+
+    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        num_tokens = x.shape[1]
+        queries, keys, values = self.project_qkv(x, use_cache)
+        if use_cache:
+            if self.cache_k is not None:
+                keys = torch.cat([self.cache_k, keys], dim=2)
+                values = torch.cat([self.cache_v, values], dim=2)
+            self.cache_k, self.cache_v = keys, values
+        num_keys = keys.shape[2]
+        self.check_length(num_keys)
+        # Query i sits at position num_keys - num_tokens + i and may see keys up to there.
+        future = self.mask[num_keys - num_tokens : num_keys, :num_keys]
+
+        if self.fused:
+            # is_causal aligns the mask to the top left, so it only fits when nothing is cached;
+            # a single new query may see every key.
+            causal = num_tokens == num_keys and num_tokens > 1
+            partial = num_tokens != num_keys and num_tokens > 1
+            context = F.scaled_dot_product_attention(
+                queries,
+                keys,
+                values,
+                attn_mask=~future if partial else None,
+                dropout_p=self.dropout.p if self.training else 0.0,
+                is_causal=causal,
+            )
+        else:
+            attn_scores = queries @ keys.transpose(2, 3)  # (b, h, n, num_keys)
+            attn_scores = attn_scores.masked_fill(future, -torch.inf)
+            attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
+            context = self.dropout(attn_weights) @ values  # (b, h, n, d_head)
+        return self.out_proj(merge_heads(context))
