@@ -20,8 +20,6 @@ from typing import Literal
 
 import regex
 import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-from tiktoken_ext.openai_public import r50k_pat_str
 
 from shared.data import fetch
 
@@ -123,7 +121,14 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
 
 # GPT-2's pre-tokenizer: contractions, runs of letters, of digits, of other symbols (each with
 # at most one leading space), and whitespace. BPE merges never cross the pieces it cuts.
-GPT2_PRETOKENIZER = regex.compile(r50k_pat_str)
+# (The pattern of GPT-2's encoder.py, in the form tiktoken writes it: same pieces, possessive
+# quantifiers for speed. Written out here so that no private tiktoken module is needed.)
+GPT2_PATTERN = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+GPT2_PRETOKENIZER = regex.compile(GPT2_PATTERN)
+
+BPE_FILE_FORMAT = "llm-from-scratch-bpe/1"  # the "format" field of BPETokenizer.save's JSON
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -298,6 +303,40 @@ class BPETokenizer:
                 ) from err
         return cls(vocab, merges, special)
 
+    def save(self, path: str | PathLike) -> None:
+        """Write the tokenizer to a JSON file (vocabulary as hex bytes, merges in rank order,
+        special tokens); written to a temporary file and renamed, so a crash leaves no half file."""
+        data = {
+            "format": BPE_FILE_FORMAT,
+            "vocab": {str(token_id): token.hex() for token_id, token in self.vocab.items()},
+            "merges": [[left, right, merged] for (left, right), merged in self.merges.items()],
+            "special_tokens": self.special_tokens,
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | PathLike) -> BPETokenizer:
+        """A tokenizer written by ``save``; raises ValueError naming the file if it is not one."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if data.get("format") != BPE_FILE_FORMAT:
+                raise ValueError(f"format is {data.get('format')!r}, not {BPE_FILE_FORMAT!r}")
+            vocab = {
+                int(token_id): bytes.fromhex(token) for token_id, token in data["vocab"].items()
+            }
+            merges = {(left, right): merged for left, right, merged in data["merges"]}
+            special = {
+                str(token): int(token_id) for token, token_id in data["special_tokens"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"{path}: not a tokenizer written by BPETokenizer.save ({err})"
+            ) from None
+        return cls(vocab, merges, special)
+
     def _encode_piece(self, piece: str) -> list[int]:
         """Token ids of one pre-tokenized piece: apply the merges, lowest rank first."""
         if piece in self._cache:
@@ -359,13 +398,18 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
     Gives exactly the ids of ``tiktoken.get_encoding("gpt2")``, but works offline from the
     course's cache or mirror (see shared.data) instead of tiktoken's own download.
     """
-    ranks = data_gym_to_mergeable_bpe_ranks(
-        vocab_bpe_file=str(fetch("gpt2-vocab-bpe")),
-        encoder_json_file=str(fetch("gpt2-encoder-json")),
-    )
+    # encoder.json maps every token, written with bytes_to_unicode's characters, to its id;
+    # for byte-pair tokens tiktoken's "mergeable ranks" are exactly these ids.
+    char_to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
+    encoder = json.loads(Path(fetch("gpt2-encoder-json")).read_text(encoding="utf-8"))
+    ranks = {
+        bytes(char_to_byte[char] for char in token): token_id
+        for token, token_id in encoder.items()
+        if token != END_OF_TEXT
+    }
     return tiktoken.Encoding(
         name="gpt2",
-        pat_str=r50k_pat_str,
+        pat_str=GPT2_PATTERN,
         mergeable_ranks=ranks,
         special_tokens={END_OF_TEXT: 50256},
         explicit_n_vocab=50257,

@@ -178,3 +178,57 @@ def test_notebook_bpe_matches_shared(notebook, verdict):
         ids = theirs.encode(text, allowed_special="all")
         assert ours.encode(text, allowed_special="all") == ids
         assert ours.decode(ids) == text
+
+
+def test_save_and_load_round_trip(tmp_path, verdict, gpt2_bpe):
+    trained = BPETokenizer.train(verdict, vocab_size=400)
+    for tokenizer in (trained, gpt2_bpe):
+        path = tmp_path / "tokenizer.json"
+        tokenizer.save(path)
+        loaded = BPETokenizer.load(path)
+        assert loaded.vocab == tokenizer.vocab
+        assert list(loaded.merges.items()) == list(tokenizer.merges.items())  # rank order kept
+        assert loaded.special_tokens == tokenizer.special_tokens
+        text = TRICKY_TEXTS[4] + TRICKY_TEXTS[5]
+        assert loaded.encode(text) == tokenizer.encode(text)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_load_names_a_file_that_is_not_a_saved_tokenizer(tmp_path):
+    bad = tmp_path / "bad.json"
+    for content in (
+        "not json",
+        '{"format": "something else"}',
+        '{"format": "llm-from-scratch-bpe/1"}',
+    ):
+        bad.write_text(content, encoding="utf-8")
+        with pytest.raises(
+            ValueError, match=r"bad\.json: not a tokenizer written by BPETokenizer.save"
+        ):
+            BPETokenizer.load(bad)
+
+
+def test_pretokenizer_pattern_is_tiktokens_gpt2_pattern():
+    """GPT2_PATTERN is written out in shared.tokenizers; tiktoken's (private) copy must agree."""
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
+    from shared.tokenizers import GPT2_PATTERN
+
+    assert GPT2_PATTERN == openai_public.r50k_pat_str
+
+
+def test_shared_tokenizers_uses_only_public_tiktoken_api():
+    import ast
+    import inspect
+
+    import shared.tokenizers
+
+    tree = ast.parse(inspect.getsource(shared.tokenizers))
+    imported = {
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert not {
+        name for name in imported if name and name.startswith(("tiktoken.", "tiktoken_ext"))
+    }
