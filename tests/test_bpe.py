@@ -232,3 +232,12 @@ def test_shared_tokenizers_uses_only_public_tiktoken_api():
     assert not {
         name for name in imported if name and name.startswith(("tiktoken.", "tiktoken_ext"))
     }
+
+
+def test_notebook_save_and_load_write_the_same_file_as_shared(notebook, tmp_path, verdict):
+    tokenizer = BPETokenizer.train(verdict, vocab_size=300)
+    notebook["save_tokenizer"](tokenizer, tmp_path / "notebook.json")
+    tokenizer.save(tmp_path / "shared.json")
+    assert (tmp_path / "notebook.json").read_text() == (tmp_path / "shared.json").read_text()
+    loaded = notebook["load_tokenizer"](tmp_path / "shared.json")
+    assert loaded.vocab == tokenizer.vocab and loaded.merges == tokenizer.merges
