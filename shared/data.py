@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable
@@ -36,7 +37,15 @@ DEFAULT_CACHE = Path("~/.cache/llm-from-scratch")
 
 
 class DataUnavailableError(RuntimeError):
-    """A registered file could not be found in the cache or the mirror, nor downloaded."""
+    """A registered file could not be found in the cache or the mirror, nor downloaded.
+
+    The message is one line that starts with the file's name; ``reason`` is the underlying
+    error alone, e.g. ``"HTTP 429 Too Many Requests"`` or ``"No space left on device"``.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class CorruptDataError(ValueError):
@@ -144,8 +153,9 @@ def fetch(spec: str | DataFile, *, quiet: bool = False) -> Path:
 
     ``spec`` is a key of REGISTRY (e.g. ``"the-verdict"``) or a DataFile. Looks in the cache, then
     the mirror (used in place), then downloads into the cache. A cached file that fails
-    verification is downloaded again. Raises DataUnavailableError, with the file, its address
-    and the two environment variables, when no verified copy can be had.
+    verification is downloaded again. Raises DataUnavailableError, one line with the file, its
+    address, the underlying error and the two environment variables, when no verified copy can
+    be had.
     """
     if isinstance(spec, str):
         if spec not in REGISTRY:
@@ -173,31 +183,60 @@ def fetch(spec: str | DataFile, *, quiet: bool = False) -> Path:
         urllib.error.URLError,
         http.client.HTTPException,
         OSError,
-        CorruptDataError,
+        ValueError,  # CorruptDataError, or an address urllib cannot parse
         zipfile.BadZipFile,
     ) as err:
-        raise DataUnavailableError(_unavailable_message(spec, err)) from None
+        reason = describe_error(err) + _proxy_note(spec.url)
+        raise DataUnavailableError(_unavailable_message(spec, reason), reason) from None
     return cached
 
 
-def _unavailable_message(spec: DataFile, err: Exception) -> str:
+def describe_error(err: BaseException) -> str:
+    """The cause of a failed transfer in one line, e.g. ``"HTTP 403 Forbidden"``."""
+    if isinstance(err, urllib.error.HTTPError):
+        text = f"HTTP {err.code} {err.reason}"
+    elif isinstance(err, urllib.error.URLError) and isinstance(err.reason, BaseException):
+        text = describe_error(err.reason)
+    elif isinstance(err, urllib.error.URLError):
+        text = str(err.reason)
+    elif isinstance(err, OSError) and err.strerror:
+        text = err.strerror
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+def _proxy_note(url: str) -> str:
+    """The note " (through the proxy <address>)" when urllib sends url through a proxy, else ""."""
+    scheme, host = urllib.parse.urlsplit(url)[:2]
+    proxy = urllib.request.getproxies().get(scheme)
+    if proxy is None or urllib.request.proxy_bypass(host.split(":")[0]):
+        return ""
+    return f" (through the proxy {proxy})"
+
+
+def _unavailable_message(spec: DataFile, reason: str) -> str:
     mirror = mirror_dir()
     mirror_note = f"(now {mirror}, which lacks it)" if mirror else "(not set)"
     return (
-        f"Could not get '{spec.name}' from {spec.url}: {err}.\n"
-        f"Either connect to the internet and run again, or point {MIRROR_ENV} "
-        f"{mirror_note} at a folder that holds '{spec.name}', or place the file at "
-        f"{cache_dir() / spec.name} (the cache directory is set by {CACHE_ENV})."
+        f"{spec.name}: could not get it from {spec.url}: {reason}. Either connect to the "
+        f"internet and run again, or point {MIRROR_ENV} {mirror_note} at a folder that holds "
+        f"'{spec.name}', or place the file at {cache_dir() / spec.name} (the cache directory "
+        f"is set by {CACHE_ENV})."
     )
 
 
 def _download_verified(spec: DataFile, dest: Path, *, quiet: bool) -> None:
-    """Download ``spec.url`` (extracting ``archive_member`` if set), verify, rename into ``dest``."""
+    """Download ``spec.url`` (extracting ``archive_member`` if set), verify, rename into ``dest``.
+
+    The transfer goes to a file of the same name in a temporary folder beside ``dest`` (so
+    checks name the right file), which is removed whatever happens.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
+    tmp_dir = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"))
+    tmp = tmp_dir / dest.name
     try:
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             if spec.archive_member is None:
                 download_to(spec.url, out, quiet=quiet)
             else:
@@ -211,7 +250,7 @@ def _download_verified(spec: DataFile, dest: Path, *, quiet: bool) -> None:
         verify(tmp, spec)
         os.replace(tmp, dest)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def download_to(url: str, out: io.RawIOBase | io.BufferedIOBase, *, quiet: bool = False) -> int:

@@ -2,8 +2,9 @@
 
 The weights are the Hugging Face ``model.safetensors`` files of ``openai-community/gpt2`` (124M),
 ``gpt2-medium`` (355M), ``gpt2-large`` (774M) and ``gpt2-xl`` (1558M), fetched and cached by
-shared.data. Where they cannot be had (offline), load_pretrained_gpt2 says so in one line and
-returns a documented stand-in so that a chapter still runs.
+shared.data from the Hugging Face hub (``$HF_ENDPOINT``, default https://huggingface.co, as in
+the Hugging Face libraries). Where they cannot be had, load_pretrained_gpt2 says why in one line
+and returns a documented stand-in so that a chapter still runs (or, asked to, raises).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 
 GPT2_HF_NAMES = {"124M": "gpt2", "355M": "gpt2-medium", "774M": "gpt2-large", "1558M": "gpt2-xl"}
 
-GPT2_URL = "https://huggingface.co/openai-community/{name}/resolve/main/model.safetensors"
+# The hub's address, overridable as in the Hugging Face libraries (a mirror, or a local server).
+HF_ENDPOINT_ENV = "HF_ENDPOINT"
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+GPT2_PATH = "/openai-community/{name}/resolve/main/model.safetensors"
 
 # What load_pretrained_gpt2 returns when the real weights cannot be had: a small GPT with
 # GPT-2's vocabulary and context, randomly initialised (it produces gibberish, but every
@@ -78,12 +82,18 @@ def _check_size(size: str) -> None:
         raise ValueError(f"unknown GPT-2 size {size!r}; choose one of {', '.join(GPT2_HF_NAMES)}")
 
 
+def hub_endpoint() -> str:
+    """The hub's base address: ``$HF_ENDPOINT`` or https://huggingface.co (no trailing slash)."""
+    return (os.environ.get(HF_ENDPOINT_ENV) or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
 def gpt2_weights_file(size: str = "124M") -> DataFile:
-    """The shared.data.DataFile of a GPT-2 size's model.safetensors (cached as gpt2-<size>/...)."""
+    """The shared.data.DataFile of a GPT-2 size's model.safetensors (cached as gpt2-<size>/...),
+    at ``<hub_endpoint()>/openai-community/<name>/resolve/main/model.safetensors``."""
     _check_size(size)
     return DataFile(
         name=f"gpt2-{size}/model.safetensors",
-        url=GPT2_URL.format(name=GPT2_HF_NAMES[size]),
+        url=hub_endpoint() + GPT2_PATH.format(name=GPT2_HF_NAMES[size]),
         sha256=None,
         check=check_safetensors,
     )
@@ -233,24 +243,36 @@ STANDIN_ENV = "LLM_COURSE_STANDIN"
 STANDIN_NOTE = "a randomly initialised 4-layer, 256-dim GPT (shared.gpt2_weights.STANDIN_CONFIG)"
 
 
-def load_pretrained_gpt2(size: str = "124M", seed: int = 123) -> PretrainedGPT:
+def load_pretrained_gpt2(
+    size: str = "124M", seed: int = 123, *, allow_standin: bool = True
+) -> PretrainedGPT:
     """GPTModel with OpenAI's GPT-2 weights of one size, in eval mode.
 
-    When the environment variable LLM_COURSE_STANDIN is "1" (the test suite sets it), or the
-    weights cannot be had (offline, nothing cached or mirrored), prints one line saying why and
-    returns standin_gpt(seed).
+    When the environment variable LLM_COURSE_STANDIN is "1" (the test suite sets it; no request
+    is made), or the weights cannot be had (offline, HTTP 403/429, a proxy, a full disk, ...),
+    prints one line saying why and returns standin_gpt(seed). With allow_standin=False it
+    raises shared.data.DataUnavailableError instead (one line: the file, its address, the cause).
     """
     _check_size(size)
     if os.environ.get(STANDIN_ENV) == "1":
+        if not allow_standin:
+            raise DataUnavailableError(
+                f"GPT-2 {size} weights are required, but {STANDIN_ENV}=1 is set (the test "
+                "suite's switch: no downloads, always the stand-in); unset it to load them",
+                f"{STANDIN_ENV}=1 is set",
+            )
         print(
             f"GPT-2 {size} weights not loaded: {STANDIN_ENV}=1 is set; using the stand-in: {STANDIN_NOTE}."
         )
         return standin_gpt(seed)
     try:
         params = load_gpt2_params(size)
-    except DataUnavailableError:
+    except DataUnavailableError as err:
+        if not allow_standin:
+            raise
         print(
-            f"GPT-2 {size} weights are not available (offline?); using the stand-in: {STANDIN_NOTE}."
+            f"GPT-2 {size} weights are not available ({err.reason}, from "
+            f"{gpt2_weights_file(size).url}); using the stand-in: {STANDIN_NOTE}."
         )
         return standin_gpt(seed)
     config = dict(GPT2_MODEL_CONFIGS[size])

@@ -6,6 +6,7 @@ Shapes: b = batch size, n = number of tokens, V = vocab_size.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -326,16 +327,38 @@ def save_checkpoint(
     return path
 
 
+_UNREADABLE = "not a readable PyTorch checkpoint: truncated or corrupt?"
+
+
+def _read_checkpoint(path, **load_args) -> dict:
+    """torch.load(path, weights_only=True, **load_args) of a save_checkpoint file.
+
+    Raises ValueError in one line naming the file when it is not one: truncated, empty or
+    garbage bytes, Python objects that weights_only refuses, or another kind of file.
+    """
+    try:
+        checkpoint = torch.load(path, weights_only=True, **load_args)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ValueError(f"{path}: {_UNREADABLE}") from None
+        raise ValueError(
+            f"{path}: weights only load failed: it holds Python objects that "
+            "torch.load(weights_only=True) refuses to run; it was not written by save_checkpoint"
+        ) from None
+    except (RuntimeError, EOFError, KeyError, ValueError):  # what torch.load raises on bad bytes
+        raise ValueError(f"{path}: {_UNREADABLE}") from None
+    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint")
+    return checkpoint
+
+
 def read_checkpoint_extra(path) -> dict:
     """The extra entries of a save_checkpoint file (e.g. its model config), without a model.
 
     Memory-maps the file (torch.load(mmap=True, weights_only=True)), so the tensors are not read.
+    Raises ValueError naming the file when it is not a readable checkpoint.
     """
-    path = Path(path)
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint")
-    return dict(checkpoint.get("extra", {}))
+    return dict(_read_checkpoint(path, map_location="cpu", mmap=True).get("extra", {}))
 
 
 def load_checkpoint(
@@ -344,13 +367,12 @@ def load_checkpoint(
     """Load a save_checkpoint file into model (and optimizer); return its extra entries.
 
     Reads with torch.load(weights_only=True), so a file cannot run code. Raises ValueError
-    naming the tensor and both shapes when a tensor does not fit the model, and naming the
-    missing or unexpected entries when the state does not match the model's.
+    naming the file when it is truncated, empty or not a checkpoint; naming the tensor and both
+    shapes when a tensor does not fit the model; and naming the missing or unexpected entries
+    when the state does not match the model's.
     """
     path = Path(path)
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or "model_state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint")
+    checkpoint = _read_checkpoint(path, map_location=map_location)
     state = checkpoint["model_state_dict"]
     expected = model.state_dict()
     for name, tensor in state.items():

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 import shared.data
 from shared.data import fetch
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
-from shared.gpt2_weights import STANDIN_ENV
+from shared.gpt2_weights import STANDIN_ENV, STANDIN_NOTE
 from shared.pretraining import (
     generate,
     load_checkpoint,
@@ -188,8 +188,9 @@ def test_generate_gpt2_offline_uses_the_standin(offline, capsys):
     load_script(GENERATE).main(["--gpt2", "124M", "--max-new-tokens", "5", "--temperature", "0"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(
-        "GPT-2 124M weights are not available (offline?); using the stand-in"
+        "GPT-2 124M weights are not available (network unreachable (test), from http"
     )
+    assert lines[0].endswith("); using the stand-in: " + STANDIN_NOTE + ".")
     assert lines[1].startswith("Model: stand-in")
     assert lines[2].startswith("Every effort moves you")
 

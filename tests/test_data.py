@@ -6,6 +6,7 @@ need no internet and can make a transfer go wrong on purpose (cut short, wrong b
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -31,10 +32,14 @@ def sha(content: bytes) -> str:
 
 
 def leftovers(directory: Path) -> list[str]:
-    """Every file below ``directory``, as paths relative to it (temporary files included)."""
+    """Every file and temporary ``.part`` folder below ``directory``, relative to it."""
     if not directory.exists():
         return []
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    return sorted(
+        str(p.relative_to(directory))
+        for p in directory.rglob("*")
+        if p.is_file() or p.name.endswith(".part")
+    )
 
 
 def sms_text(lines: int = SMS_LINES, bad_label_at: int | None = None) -> bytes:
@@ -65,11 +70,15 @@ class Server:
     ``routes[path] = (body, announced_length)``: the server announces ``announced_length`` bytes
     (``None``: the body's true length) and sends ``body``, then closes the connection.
     ``raw[path]``: bytes sent as they are, in place of an HTTP response.
+    ``redirects[path]``: an address answered with 302 Found (as the Hugging Face hub answers).
+    ``errors[path]``: an HTTP error status answered instead of the file (403, 429, ...).
     """
 
     def __init__(self) -> None:
         self.routes: dict[str, tuple[bytes, int | None]] = {}
         self.raw: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
+        self.errors: dict[str, int] = {}
         self.hits: dict[str, int] = {}
         self.base = ""
 
@@ -85,6 +94,15 @@ def make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
             if self.path in server.raw:
                 self.wfile.write(server.raw[self.path])
                 self.close_connection = True
+                return
+            if self.path in server.errors:
+                self.send_error(server.errors[self.path])
+                return
+            if self.path in server.redirects:
+                self.send_response(302)
+                self.send_header("Location", server.redirects[self.path])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
                 return
             if self.path not in server.routes:
                 self.send_error(404)
@@ -338,15 +356,22 @@ def test_download_writes_a_temporary_file_then_renames(dirs, server, monkeypatch
 
     def spy(src, dst):
         src, dst = Path(src), Path(dst)
-        # At the moment of the rename the final name does not exist yet, the temporary file
-        # sits beside it and already holds the complete, verified content.
-        renames.append((src.parent == dst.parent, src.name.endswith(".part"), dst.exists()))
+        # At the moment of the rename the final name does not exist yet; the file of the same
+        # name in a temporary folder beside it already holds the complete, verified content.
+        renames.append(
+            (
+                src.parent.parent == dst.parent,
+                src.parent.name.endswith(".part"),
+                src.name == dst.name,
+                dst.exists(),
+            )
+        )
         assert src.read_bytes() == content
         real_replace(src, dst)
 
     monkeypatch.setattr(data.os, "replace", spy)
     data.fetch(spec, quiet=True)
-    assert renames == [(True, True, False)]
+    assert renames == [(True, True, True, False)]
     assert leftovers(cache) == ["f.txt"]
 
 
@@ -495,3 +520,50 @@ def test_registry_matches_the_mirror(key, tmp_path, monkeypatch):
     monkeypatch.setenv(data.MIRROR_ENV, REAL_MIRROR)
     assert data.fetch(key, quiet=True) == mirrored.resolve()
     assert leftovers(tmp_path / "cache") == []
+
+
+# --- why a download failed, in one line ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"), [(403, "HTTP 403 Forbidden"), (429, "HTTP 429 Too Many Requests")]
+)
+def test_http_error_is_named_in_one_line(dirs, server, status, reason):
+    cache, _ = dirs
+    server.errors["/f.bin"] = status
+    spec = DataFile("f.bin", server.base + "/f.bin", sha256=sha(b"x"))
+    with pytest.raises(DataUnavailableError) as info:
+        data.fetch(spec, quiet=True)
+    assert info.value.reason == reason
+    assert str(info.value).startswith(f"f.bin: could not get it from {spec.url}: {reason}. ")
+    assert "\n" not in str(info.value)
+    assert leftovers(cache) == []
+
+
+def test_full_disk_is_named(dirs, server, monkeypatch):
+    cache, _ = dirs
+
+    def disk_full(url, out, *, quiet=False):
+        out.write(b"the first bytes")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(data, "download_to", disk_full)
+    spec = DataFile("f.bin", server.serve("/f.bin", b"whole file"), sha256=sha(b"whole file"))
+    with pytest.raises(DataUnavailableError) as info:
+        data.fetch(spec, quiet=True)
+    assert info.value.reason == "No space left on device"
+    assert str(cache / "f.bin") in str(info.value)  # where the file would go: the cache
+    assert leftovers(cache) == []
+
+
+def test_unreachable_proxy_is_named(dirs, monkeypatch):
+    proxy = closed_port_url("").rstrip("/")
+    monkeypatch.setenv("http_proxy", proxy)
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    # urlopen reads the proxy variables once per process, when it first builds its opener.
+    monkeypatch.setattr(data.urllib.request, "_opener", None)
+    spec = DataFile("f.bin", "http://files.example/f.bin", sha256=sha(b"x"))
+    with pytest.raises(DataUnavailableError) as info:
+        data.fetch(spec, quiet=True)
+    assert info.value.reason == f"Connection refused (through the proxy {proxy})"

@@ -14,6 +14,7 @@ from shared.data import CorruptDataError, DataUnavailableError
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import (
     GPT2_HF_NAMES,
+    HF_ENDPOINT_ENV,
     STANDIN_CONFIG,
     STANDIN_ENV,
     check_safetensors,
@@ -153,7 +154,8 @@ def test_check_safetensors_detects_truncation_and_garbage(reference, tmp_path):
         check_safetensors(short)
 
 
-def test_weights_file_addresses():
+def test_weights_file_addresses(monkeypatch):
+    monkeypatch.delenv(HF_ENDPOINT_ENV, raising=False)
     assert GPT2_HF_NAMES == {
         "124M": "gpt2",
         "355M": "gpt2-medium",
@@ -183,6 +185,7 @@ def offline(monkeypatch, tmp_path):
 
     monkeypatch.setattr(shared.data, "download_to", unreachable)
     monkeypatch.delenv(STANDIN_ENV, raising=False)  # the test suite's switch would skip the fetch
+    monkeypatch.delenv(HF_ENDPOINT_ENV, raising=False)
     return tmp_path
 
 
@@ -192,8 +195,9 @@ def test_offline_gives_the_standin_with_one_line(offline, capsys):
     pretrained = load_pretrained_gpt2("124M", seed=5)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == [
-        "GPT-2 124M weights are not available (offline?); using the stand-in: a randomly "
-        "initialised 4-layer, 256-dim GPT (shared.gpt2_weights.STANDIN_CONFIG)."
+        "GPT-2 124M weights are not available (network unreachable (test), from "
+        "https://huggingface.co/openai-community/gpt2/resolve/main/model.safetensors); using the "
+        "stand-in: a randomly initialised 4-layer, 256-dim GPT (shared.gpt2_weights.STANDIN_CONFIG)."
     ]
     assert pretrained.is_standin and pretrained.config == STANDIN_CONFIG
     assert not pretrained.model.training
