@@ -1,0 +1,296 @@
+"""What shrinks the KV cache and the compute: drop-in replacements for the chapter's classes.
+
+- GroupedQueryAttention: groups of query heads share one key/value head (fewer heads cached).
+- MultiHeadLatentAttention: keys and values come from one small latent vector per token, and the
+  latent is what gets cached.
+- SlidingWindowAttention: each token sees only the most recent positions (fewer positions cached).
+- MoEFeedForward: a router sends each token to top_k of num_experts feed-forward networks (more
+  parameters, the same compute per token).
+
+The three attention classes take MultiHeadAttention's arguments plus their own, so they can
+replace `block.att` in a GPTModel; MoEFeedForward can replace `block.ff`. Each attention class
+caches with forward(x, use_cache=True) and forgets with reset_cache(), like the chapter's class.
+The formulas at the end give the cache size and the parameter counts without building a model.
+
+Shapes: b = batch size, n = number of new tokens, m = number of keys (cached + new),
+h = number of query heads, g = number of key/value groups, d_head = d_out // h,
+r = latent_dim, d = emb_dim, E = num_experts, k = top_k.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from shared.attention import MultiHeadAttention, causal_mask
+from shared.gpt import FeedForward
+
+
+def attend(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    hidden: torch.Tensor,
+    dropout: nn.Module,
+) -> torch.Tensor:
+    """Scaled dot-product attention, as in Chapter 3, with the heads concatenated at the end.
+
+    queries (b, h, n, d_head); keys and values (b, h, m, d_head); hidden (n, m), True where a
+    query may not look. Returns the context vectors (b, n, h * d_head).
+    """
+    b, h, n, d_head = queries.shape
+    scores = queries @ keys.transpose(2, 3)  # (b, h, n, m)
+    scores = scores.masked_fill(hidden, -torch.inf)
+    weights = dropout(torch.softmax(scores / d_head**0.5, dim=-1))
+    return (weights @ values).transpose(1, 2).reshape(b, n, h * d_head)
+
+
+def hidden_positions(mask: torch.Tensor, num_tokens: int, num_keys: int) -> torch.Tensor:
+    """The rows of mask (context_length, context_length) for the last num_tokens of num_keys
+    positions, (num_tokens, num_keys): the new queries come after the cached keys. A clear
+    error when num_keys exceeds the mask."""
+    if num_keys > mask.shape[0]:
+        raise ValueError(f"{num_keys} positions exceed the context_length of {mask.shape[0]}")
+    return mask[num_keys - num_tokens : num_keys, :num_keys]
+
+
+def sliding_window_mask(context_length: int, window_size: int) -> torch.Tensor:
+    """Boolean (context_length, context_length) mask, True where query i may not see key j:
+    future keys (j > i) and keys window_size or more positions back (i - j >= window_size).
+    Each query sees itself and the window_size - 1 positions before it."""
+    too_old = torch.tril(
+        torch.ones(context_length, context_length, dtype=torch.bool), diagonal=-window_size
+    )
+    return causal_mask(context_length) | too_old
+
+
+class GroupedQueryAttention(MultiHeadAttention):
+    """Causal attention where num_heads query heads share num_kv_groups key/value heads.
+
+    The chapter's MultiHeadAttention with narrower key and value projections: each key/value
+    head serves num_heads // num_kv_groups consecutive query heads. With num_kv_groups ==
+    num_heads it is MultiHeadAttention (same state_dict); with num_kv_groups == 1 it is
+    multi-query attention. The cache holds num_kv_groups heads instead of num_heads.
+
+    forward: x (b, n, d_in) -> (b, n, d_out). use_cache=True appends x's keys and values to
+    cache_k and cache_v, each (b, g, cached, d_head); reset_cache() empties them.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        num_kv_groups: int,
+        qkv_bias: bool = False,
+    ):
+        if num_kv_groups < 1 or num_heads % num_kv_groups != 0:
+            raise ValueError(
+                f"num_heads ({num_heads}) must be divisible by num_kv_groups ({num_kv_groups}) "
+                "so that every key/value head serves the same number of query heads"
+            )
+        super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+        self.num_kv_groups = num_kv_groups
+        # One key head and one value head per group instead of one per query head.
+        self.W_key = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=qkv_bias)
+        self.cache_k: torch.Tensor | None = None  # (b, g, cached, d_head)
+        self.cache_v: torch.Tensor | None = None
+
+    def reset_cache(self) -> None:
+        """Forget the cached keys and values."""
+        self.cache_k = self.cache_v = None
+
+    def keep_in_cache(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store the keys and values (b, g, m, d_head) seen so far: all of them."""
+        self.cache_k, self.cache_v = keys, values
+
+    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        b, n, _ = x.shape
+        queries = self.split_heads(self.W_query(x))  # (b, h, n, d_head)
+        keys = self.W_key(x).view(b, n, self.num_kv_groups, self.head_dim).transpose(1, 2)
+        values = self.W_value(x).view(b, n, self.num_kv_groups, self.head_dim).transpose(1, 2)
+        if use_cache:
+            if self.cache_k is not None:
+                keys = torch.cat([self.cache_k, keys], dim=2)
+                values = torch.cat([self.cache_v, values], dim=2)
+            self.keep_in_cache(keys, values)
+        hidden = hidden_positions(self.mask, n, keys.shape[2])
+        # Copy each key/value head for the query heads of its group: (b, g, m, .) -> (b, h, m, .)
+        heads_per_group = self.num_heads // self.num_kv_groups
+        keys = keys.repeat_interleave(heads_per_group, dim=1)
+        values = values.repeat_interleave(heads_per_group, dim=1)
+        return self.out_proj(attend(queries, keys, values, hidden, self.dropout))
+
+
+class SlidingWindowAttention(GroupedQueryAttention):
+    """Causal attention in which each token sees only itself and the window_size - 1 tokens
+    before it; the cache keeps only the last window_size positions.
+
+    num_kv_groups defaults to num_heads (plain multi-head attention inside the window); models
+    such as Gemma 3 combine the window with grouped-query attention. With window_size at least
+    the number of positions it equals causal attention.
+
+    forward: x (b, n, d_in) -> (b, n, d_out); cache_k and cache_v are (b, g, <= window_size,
+    d_head).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        window_size: int,
+        qkv_bias: bool = False,
+        num_kv_groups: int | None = None,
+    ):
+        if window_size < 1:
+            raise ValueError(f"window_size ({window_size}) must be at least 1 (the token itself)")
+        super().__init__(
+            d_in, d_out, context_length, dropout, num_heads, num_kv_groups or num_heads, qkv_bias
+        )
+        self.window_size = window_size
+        self.mask = sliding_window_mask(context_length, window_size)
+
+    def keep_in_cache(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Store only the last window_size positions: older keys are outside every later
+        query's window. The mask only depends on the distance between positions, so it still
+        lines up after the cut."""
+        self.cache_k = keys[:, :, -self.window_size :]
+        self.cache_v = values[:, :, -self.window_size :]
+
+
+class MultiHeadLatentAttention(MultiHeadAttention):
+    """Causal multi-head attention whose keys and values are rebuilt from a shared latent.
+
+    The chapter's MultiHeadAttention plus a down-projection W_latent that compresses each token
+    to latent_dim numbers; W_key and W_value expand that latent to the keys and values of all
+    heads. Only the latent is cached: latent_dim numbers per token instead of 2 * d_out.
+    (DeepSeek's version also compresses the queries and carries a small separate key part for
+    rotary positions; GPT-2's positions are in the embeddings, so this class needs neither.)
+
+    forward: x (b, n, d_in) -> (b, n, d_out). use_cache=True appends x's latents to
+    cache_latent (b, cached, latent_dim); reset_cache() empties it.
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        latent_dim: int,
+        qkv_bias: bool = False,
+    ):
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim ({latent_dim}) must be at least 1")
+        super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+        self.W_latent = nn.Linear(d_in, latent_dim, bias=False)  # down: token -> latent
+        self.W_key = nn.Linear(latent_dim, d_out, bias=qkv_bias)  # up: latent -> keys
+        self.W_value = nn.Linear(latent_dim, d_out, bias=qkv_bias)  # up: latent -> values
+        self.cache_latent: torch.Tensor | None = None  # (b, cached, latent_dim)
+
+    def reset_cache(self) -> None:
+        """Forget the cached latents."""
+        self.cache_latent = None
+
+    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        n = x.shape[1]
+        latent = self.W_latent(x)  # (b, n, latent_dim)
+        if use_cache:
+            if self.cache_latent is not None:
+                latent = torch.cat([self.cache_latent, latent], dim=1)
+            self.cache_latent = latent
+        hidden = hidden_positions(self.mask, n, latent.shape[1])
+        queries = self.split_heads(self.W_query(x))
+        keys = self.split_heads(self.W_key(latent))  # (b, h, m, d_head)
+        values = self.split_heads(self.W_value(latent))
+        return self.out_proj(attend(queries, keys, values, hidden, self.dropout))
+
+
+class MoEFeedForward(nn.Module):
+    """Mixture-of-experts feed-forward: num_experts copies of the chapter's FeedForward and a
+    router that sends each token to its top_k experts.
+
+    The router scores every expert for a token; the token goes to the top_k highest, and their
+    outputs are summed with weights given by a softmax over those top_k scores. Only top_k
+    experts run per token, so the compute per token is that of top_k feed-forwards while the
+    parameters are those of num_experts. With one expert and top_k=1 it is FeedForward.
+
+    forward: x (b, n, d) -> (b, n, d)
+    """
+
+    def __init__(self, cfg: dict, num_experts: int, top_k: int):
+        super().__init__()
+        if num_experts < 1:
+            raise ValueError(f"num_experts ({num_experts}) must be at least 1")
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(
+                f"top_k ({top_k}) must be between 1 and num_experts ({num_experts}): "
+                "a token cannot go to more experts than there are"
+            )
+        self.top_k = top_k
+        self.router = nn.Linear(cfg["emb_dim"], num_experts, bias=False)
+        self.experts = nn.ModuleList(FeedForward(cfg) for _ in range(num_experts))
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each token goes: x (..., d) -> (gates, experts), both (..., k); experts are
+        expert indices, gates their weights (each token's gates sum to 1)."""
+        top_scores, experts = self.router(x).topk(self.top_k, dim=-1)
+        return torch.softmax(top_scores, dim=-1), experts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, x.shape[-1])  # (b * n, d)
+        gates, experts = self.route(tokens)  # (b * n, k)
+        out = torch.zeros_like(tokens)
+        for index, expert in enumerate(self.experts):
+            token, slot = torch.nonzero(experts == index, as_tuple=True)
+            if token.numel():  # each expert runs only on the tokens routed to it
+                weighted = gates[token, slot, None] * expert(tokens[token])
+                out = out.index_add(0, token, weighted)
+        return out.view_as(x)
+
+
+def kv_cache_bytes_per_token(
+    num_kv_heads: int, head_dim: int, dtype: torch.dtype = torch.bfloat16
+) -> int:
+    """Bytes that one token's keys and values take in one layer's cache:
+    2 (keys and values) * num_kv_heads * head_dim * bytes per number.
+    Multi-head attention caches num_kv_heads = num_heads, grouped-query attention num_kv_groups.
+    """
+    return 2 * num_kv_heads * head_dim * dtype.itemsize
+
+
+def latent_cache_bytes_per_token(latent_dim: int, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Bytes that one token's latent takes in one layer's cache (multi-head latent attention)."""
+    return latent_dim * dtype.itemsize
+
+
+def kv_cache_bytes(
+    bytes_per_token: int,
+    num_layers: int,
+    num_tokens: int,
+    batch_size: int = 1,
+    window_size: int | None = None,
+) -> int:
+    """Bytes of the whole model's cache after num_tokens tokens of batch_size sequences.
+
+    bytes_per_token: one token in one layer (kv_cache_bytes_per_token or
+    latent_cache_bytes_per_token). A sliding window caps the cached positions at window_size.
+    """
+    cached = num_tokens if window_size is None else min(num_tokens, window_size)
+    return bytes_per_token * num_layers * cached * batch_size
+
+
+def moe_feedforward_parameters(emb_dim: int, num_experts: int, top_k: int) -> tuple[int, int]:
+    """(total, active) parameters of one MoEFeedForward: every expert is the chapter's
+    FeedForward (d -> 4d -> d, with biases: 8d^2 + 5d), the router d * num_experts. Active
+    parameters are the ones a single token uses: the router and its top_k experts."""
+    expert = 8 * emb_dim**2 + 5 * emb_dim
+    router = emb_dim * num_experts
+    return router + num_experts * expert, router + top_k * expert
