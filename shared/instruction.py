@@ -204,16 +204,21 @@ def generate_response(
     style: str = "alpaca",
     context_size: int | None = None,
     eos_id: int = END_OF_TEXT_ID,
+    use_cache: bool | None = None,
 ) -> str:
     """The model's response to one entry (greedy decoding), without the prompt.
 
     The prompt is format_prompt(entry, style); decoding stops at eos_id or after max_new_tokens.
     Only the new tokens are decoded, so the prompt is stripped exactly. context_size defaults to
     the model's positional-embedding length; a longer prompt keeps its last context_size tokens,
-    with a warning.
+    with a warning. use_cache: decode with the model's key/value cache (a
+    shared.kv_cache.KVCacheGPTModel), which gives the same tokens without recomputing the
+    prompt at every step; None (the default) uses it whenever the model has one.
     """
     if context_size is None:
         context_size = model.pos_emb.num_embeddings
+    if use_cache is None:
+        use_cache = hasattr(model, "reset_kv_cache")
     prompt_ids = tokenizer.encode(format_prompt(entry, style))
     if len(prompt_ids) > context_size:
         warnings.warn(
@@ -224,7 +229,7 @@ def generate_response(
         prompt_ids = prompt_ids[-context_size:]
     idx = torch.tensor([prompt_ids], device=device)
     model.eval()
-    out = generate(model, idx, max_new_tokens, context_size, eos_id=eos_id)
+    out = generate(model, idx, max_new_tokens, context_size, eos_id=eos_id, use_cache=use_cache)
     new_ids = [t for t in out[0, len(prompt_ids) :].tolist() if t != eos_id]
     return tokenizer.decode(new_ids).strip()
 

@@ -70,6 +70,40 @@ def replace_linear_with_lora(
     return model
 
 
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LinearWithLoRA inside ``model`` back into a plain nn.Linear, in place.
+
+    The merged weight is W + (alpha / rank) * (A @ B)^T, shape (out_dim, in_dim), so the model
+    computes the same function (up to rounding) without the extra products of the LoRA path,
+    and its state_dict has the keys of the model before replace_linear_with_lora. The merged
+    layers keep the requires_grad flag of the base layer. Returns ``model``.
+    """
+    for name, child in model.named_children():
+        if isinstance(child, LinearWithLoRA):
+            setattr(model, name, _merged_linear(child))
+        else:
+            merge_lora(child)
+    return model
+
+
+def _merged_linear(wrapped: LinearWithLoRA) -> nn.Linear:
+    """One nn.Linear computing linear(x) + lora(x) of a LinearWithLoRA."""
+    base, lora = wrapped.linear, wrapped.lora
+    merged = nn.Linear(
+        base.in_features,
+        base.out_features,
+        bias=base.bias is not None,
+        device=base.weight.device,
+        dtype=base.weight.dtype,
+    )
+    with torch.no_grad():
+        merged.weight.copy_(base.weight + (lora.alpha / lora.rank) * (lora.A @ lora.B).T)
+        if base.bias is not None:
+            merged.bias.copy_(base.bias)
+    merged.requires_grad_(base.weight.requires_grad)
+    return merged
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of (trainable, by default) parameters of a model."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

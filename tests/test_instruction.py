@@ -29,6 +29,7 @@ from shared.instruction import (
     token_f1,
     validate_entries,
 )
+from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import generate
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import notebook_definitions
@@ -272,6 +273,33 @@ def test_generate_response_with_a_real_gpt(tokenizer):
     out = generate(model, torch.tensor([prompt_ids]), 4, 32, eos_id=50256)
     expected = tokenizer.decode([t for t in out[0, 32:].tolist() if t != 50256]).strip()
     assert response == expected
+
+
+def test_generate_response_uses_the_kv_cache_and_gives_the_uncached_tokens(tokenizer):
+    torch.manual_seed(0)
+    config = {**TINY_CONFIG, "context_length": 64}
+    plain = GPTModel(config).eval()
+    cached = KVCacheGPTModel(config).eval()
+    cached.load_state_dict(plain.state_dict())
+    calls = []
+    cached.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[1]))
+    for entry in (WITH_INPUT, WITHOUT_INPUT):
+        # 40 new tokens after a prompt of about 40: the 64-token window slides as well.
+        expected = generate_response(plain, tokenizer, entry, "cpu", max_new_tokens=40)
+        calls.clear()
+        assert generate_response(cached, tokenizer, entry, "cpu", max_new_tokens=40) == expected
+        assert calls[0] > 1 and calls[1] == 1  # the prompt once, then one new token per step
+        assert cached.cached_tokens == 0  # the cache is emptied afterwards
+        prompt = torch.tensor([tokenizer.encode(format_prompt(entry))])
+        assert torch.equal(
+            generate(cached, prompt, 40, 64, eos_id=50256, use_cache=True),
+            generate(plain, prompt, 40, 64, eos_id=50256),
+        )
+    calls.clear()
+    generate_response(cached, tokenizer, WITHOUT_INPUT, "cpu", max_new_tokens=5, use_cache=False)
+    assert len(calls) == 5 and min(calls) > 1  # use_cache=False: the whole window each step
+    with pytest.raises(TypeError, match="KV cache"):
+        generate_response(plain, tokenizer, WITH_INPUT, "cpu", max_new_tokens=2, use_cache=True)
 
 
 # --- offline measure ------------------------------------------------------------------------

@@ -6,8 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from shared.classification import convert_to_classifier
 from shared.gpt import GPTModel
-from shared.lora import LinearWithLoRA, LoRALayer, count_parameters, replace_linear_with_lora
+from shared.lora import (
+    LinearWithLoRA,
+    LoRALayer,
+    count_parameters,
+    merge_lora,
+    replace_linear_with_lora,
+)
 from tests.notebook_code import notebook_definitions
 
 TINY_CONFIG = {
@@ -71,6 +78,46 @@ def test_replace_in_gpt_keeps_outputs_and_trains_only_lora():
     optimizer.step()
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
     assert not torch.equal(model(x).detach(), before)
+
+
+def test_merged_layer_computes_base_plus_update():
+    torch.manual_seed(0)
+    wrapped = LinearWithLoRA(nn.Linear(6, 4), rank=3, alpha=6)
+    with torch.no_grad():
+        wrapped.lora.B.normal_()
+    model = nn.Sequential(wrapped)
+    x = torch.randn(5, 6)
+    expected = wrapped(x).detach()
+    merge_lora(model)
+    merged = model[0]
+    assert type(merged) is nn.Linear and merged.weight.shape == (4, 6)
+    delta = (6 / 3) * (wrapped.lora.A @ wrapped.lora.B).T
+    assert torch.allclose(merged.weight, wrapped.linear.weight + delta)
+    assert torch.equal(merged.bias, wrapped.linear.bias)
+    assert torch.allclose(merged(x), expected, atol=1e-6)
+    no_bias = nn.Sequential(LinearWithLoRA(nn.Linear(6, 4, bias=False), rank=2, alpha=2))
+    assert merge_lora(no_bias)[0].bias is None
+
+
+def test_merging_a_lora_classifier_keeps_its_predictions():
+    torch.manual_seed(0)
+    model = convert_to_classifier(GPTModel(TINY_CONFIG), num_classes=2, trainable_blocks="all")
+    keys = list(model.state_dict())
+    replace_linear_with_lora(model, rank=4, alpha=8)
+    with torch.no_grad():  # as after training: every B non-zero
+        for module in model.modules():
+            if isinstance(module, LoRALayer):
+                module.B.normal_(std=0.5)
+    x = torch.randint(0, 50, (16, 8))
+    model.eval()
+    logits = model(x)[:, -1, :].detach()
+    assert merge_lora(model) is model
+    assert not any(isinstance(m, (LinearWithLoRA, LoRALayer)) for m in model.modules())
+    assert list(model.state_dict()) == keys  # loadable into the plain classifier
+    merged_logits = model(x)[:, -1, :].detach()
+    assert torch.allclose(merged_logits, logits, atol=1e-5)
+    assert torch.equal(merged_logits.argmax(-1), logits.argmax(-1))
+    assert count_parameters(model) == 0  # the frozen base stays frozen
 
 
 def _inside_lora(model: nn.Module, linear: nn.Linear) -> bool:
