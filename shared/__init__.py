@@ -18,6 +18,7 @@ shared.instruction     instruction finetuning and scoring responses (ch07)
 shared.lora            low-rank adaptation (LoRA) layers (ch07)
 shared.rope, shared.open_models, shared.llama3, shared.qwen3: RoPE; Llama 3.2 and Qwen3 from scratch (ch05 bonus)
 shared.figures         the course's own diagrams, drawn from code (all chapters)
+shared.apps            the browser apps' loader, token streaming and page parts (ch05-ch07; needs [apps])
 """
 
 # Where the course lives: the Colab badges, the notebooks' install cell and the setup guides
