@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import ast
+import base64
 import importlib
+import io
 import json
 import pkgutil
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import shared.figures
-from shared.figures import figure_function, render_svg
+from shared.figures import figure_function, render_png, render_svg
 from tests.test_repo import NOTEBOOKS, REPO, ids
 
 
-def committed_figures(notebook) -> list[tuple[str, str]]:
-    """(figure name, committed SVG) for every figure output of a notebook."""
+def committed_figures(notebook) -> list[tuple[str, bytes]]:
+    """(figure name, committed PNG) for every figure output of a notebook."""
     cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
     return [
-        (out["metadata"]["figure"], "".join(out["data"]["image/svg+xml"]))
+        (out["metadata"]["figure"], base64.b64decode("".join(out["data"].get("image/png", ""))))
         for cell in cells
         for out in cell.get("outputs", [])
         if "figure" in out.get("metadata", {})
@@ -69,8 +73,27 @@ def test_committed_figures_match_their_drawing_code(notebook):
     assert [name for name, _ in committed] == shown_in_source(notebook), (
         "a show() call has no committed output: re-execute the notebook"
     )
-    stale = [name for name, svg in committed if svg != render_svg(name)]
+    stale = [name for name, png in committed if not same_pixels(png, render_png(name))]
     assert stale == [], f"re-execute {notebook.relative_to(REPO)}: these figures changed"
+
+
+def same_pixels(a: bytes, b: bytes) -> bool:
+    """Whether two PNGs show the same image (equal bytes, or equal pixels if encoded differently)."""
+    if a == b:
+        return True
+    first, second = (np.asarray(Image.open(io.BytesIO(png)).convert("RGBA")) for png in (a, b))
+    return first.shape == second.shape and bool((first == second).all())
+
+
+def test_same_pixels_sees_a_changed_figure():
+    png = render_png("ch03.causal_mask")
+    image = Image.open(io.BytesIO(png)).convert("RGBA")
+    reencoded, changed = io.BytesIO(), io.BytesIO()
+    image.save(reencoded, format="PNG", compress_level=1)
+    image.putpixel((10, 10), (255, 0, 0, 255))
+    image.save(changed, format="PNG")
+    assert reencoded.getvalue() != png and same_pixels(png, reencoded.getvalue())
+    assert not same_pixels(png, changed.getvalue())
 
 
 def test_every_figure_is_shown_somewhere_and_has_alt_text():
@@ -88,6 +111,7 @@ def test_a_figure_renders_identically_twice_and_carries_its_alt_text():
     svg = render_svg(names[0])
     assert svg == render_svg(names[0])
     assert svg.startswith("<svg") and "<title>" in svg
+    assert render_png(names[0]) == render_png(names[0])
 
 
 def test_unknown_figure_names_are_clear_errors():

@@ -1,10 +1,12 @@
 """The course's own diagrams, drawn with matplotlib from code in this package.
 
 A notebook shows a figure with one call, for example ``show("ch03.qkv_projections")``: the
-function ``qkv_projections`` of ``shared.figures.ch03`` draws it, and it is displayed as an SVG
-output of that code cell. Committed with the notebook, the output shows wherever the notebook is
-opened alone (JupyterLab, GitHub, Colab, an nbconvert HTML page); nbval compares the SVG text on
-every run, and tests/test_figures.py re-renders each committed figure and fails on a difference.
+function ``qkv_projections`` of ``shared.figures.ch03`` draws it, and it is displayed as a PNG
+output of that code cell, rendered at twice the resolution it is shown at (sharp on high-density
+screens). Committed with the notebook, the output shows wherever the notebook is opened alone:
+JupyterLab (which does not render SVG outputs of notebooks it has not trusted, so PNG, not SVG),
+GitHub, Colab, an nbconvert HTML page. tests/test_figures.py re-renders each committed figure and
+fails when its pixels differ. ``render_svg`` gives the vector version, for documents and slides.
 
 Each figure function takes no arguments, returns a matplotlib Figure, and is decorated with
 ``@figure(alt="...")``: the alt text is the SVG's <title> and the output's text/plain fallback.
@@ -13,6 +15,7 @@ Colours come from ``COLORS`` so the same thing looks the same in every chapter.
 
 from __future__ import annotations
 
+import base64
 import importlib
 import io
 import re
@@ -48,6 +51,8 @@ COLORS = {
 }
 
 SVG_SALT = "llm-from-scratch-course"  # fixed ids in the SVG, so a rerun writes identical text
+SHOWN_DPI = 100  # pixels per inch at which a notebook shows a figure (matplotlib's default)
+PNG_DPI = 2 * SHOWN_DPI
 
 _FIGURE_MODULE = re.compile(r"^[a-z0-9_]+$")
 
@@ -86,13 +91,28 @@ def render_svg(name: str) -> str:
     return re.sub(r"(<svg[^>]*>)", lambda m: m.group(1) + title, svg, count=1)
 
 
+def render_png(name: str) -> bytes:
+    """Draw the figure called name and return it as PNG bytes (PNG_DPI), identical on every run
+    with the same matplotlib."""
+    fig = figure_function(name)()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
 def show(name: str) -> None:
-    """Display the figure called name in a notebook (SVG, with its alt text as plain text)."""
+    """Display the figure called name in a notebook: a PNG shown at SHOWN_DPI, with its alt text
+    as the plain-text version of the output."""
     from IPython.display import display
 
     draw = figure_function(name)
+    png = render_png(name)
+    width = int.from_bytes(png[16:20], "big") * SHOWN_DPI // PNG_DPI  # from the PNG header
     display(
-        {"image/svg+xml": render_svg(name), "text/plain": f"[figure {name}] {draw.alt}"},
+        {
+            "image/png": base64.b64encode(png).decode("ascii"),
+            "text/plain": f"[figure {name}] {draw.alt}",
+        },
         raw=True,
-        metadata={"figure": name},
+        metadata={"image/png": {"width": width}, "figure": name},
     )
