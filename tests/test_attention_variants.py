@@ -19,6 +19,8 @@ from shared.attention_variants import (
     sliding_window_mask,
 )
 from shared.gpt import FeedForward, GPTModel, generate_text_simple
+from shared.kv_cache import KVCacheGPTModel
+from shared.pretraining import generate
 from tests.notebook_code import notebook_definitions
 
 D, CONTEXT, HEADS = 24, 16, 6
@@ -201,6 +203,28 @@ def test_variants_run_inside_the_gpt_model():
         block.ff = MoEFeedForward(cfg, num_experts=3, top_k=2)
     out = generate_text_simple(model, torch.tensor([[1, 2, 3]]), 4, CONTEXT)
     assert out.shape == (1, 7) and torch.equal(out[:, :3], torch.tensor([[1, 2, 3]]))
+
+
+@pytest.mark.parametrize(
+    "make_attention",
+    [
+        lambda: GroupedQueryAttention(D, D, CONTEXT, 0.0, HEADS, num_kv_groups=2),
+        lambda: SlidingWindowAttention(D, D, CONTEXT, 0.0, HEADS, window_size=3),
+        lambda: MultiHeadLatentAttention(D, D, CONTEXT, 0.0, HEADS, latent_dim=8),
+    ],
+    ids=["gqa", "swa", "mla"],
+)
+def test_cached_generation_in_the_kv_cache_model_gives_the_same_tokens(make_attention):
+    cfg = {"vocab_size": 50, "context_length": CONTEXT, "emb_dim": D, "n_heads": HEADS,
+           "n_layers": 2, "drop_rate": 0.0, "qkv_bias": False}  # fmt: skip
+    torch.manual_seed(8)
+    model = KVCacheGPTModel(cfg).eval()
+    for block in model.trf_blocks:
+        block.att = make_attention()
+    prompt = torch.tensor([[3, 1, 4, 1]])
+    uncached = generate(model, prompt, 10, CONTEXT)
+    cached = generate(model, prompt, 10, CONTEXT, use_cache=True)
+    assert torch.equal(cached, uncached)
 
 
 @pytest.mark.parametrize(
