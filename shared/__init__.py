@@ -16,6 +16,7 @@ shared.corpus          corpora larger than memory: memory-mapped token files (ch
 shared.classification  finetuning for spam classification (ch06)
 shared.instruction     instruction finetuning and scoring responses (ch07)
 shared.lora            low-rank adaptation (LoRA) layers (ch07)
+shared.preference      preference tuning with DPO: pairs, log-probabilities, loss, training (ch07)
 shared.rope, shared.open_models, shared.llama3, shared.qwen3: RoPE; Llama 3.2 and Qwen3 from scratch (ch05 bonus)
 shared.figures         the course's own diagrams, drawn from code (all chapters)
 shared.apps            the browser apps' loader, token streaming and page parts (ch05-ch07; needs [apps])
