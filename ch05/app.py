@@ -148,10 +148,14 @@ def build_app(checkpoint: str | Path | None = None, gpt2_size: str = "124M", dev
 
 def main(argv: list[str] | None = None) -> None:
     parser = app_arguments(
-        "Text completion in the browser (Chapter 5).", "a checkpoint written by ch05/train.py"
+        "Text completion in the browser (Chapter 5).",
+        "a checkpoint written by ch05/train.py (default: GPT-2, see --gpt2)",
     )
     parser.add_argument(
-        "--gpt2", choices=GPT2_HF_NAMES, default="124M", help="GPT-2 size used without --checkpoint"
+        "--gpt2",
+        choices=GPT2_HF_NAMES,
+        default="124M",
+        help="the GPT-2 size served without --checkpoint (default: 124M)",
     )
     args = parser.parse_args(argv)
     launch(build_app(args.checkpoint, args.gpt2, args.device), args)

@@ -63,12 +63,16 @@ def find_checkpoint(folder: Path = HERE) -> Path | None:
 
 
 def load_model(checkpoint: str | Path | None = None, device="cpu") -> AppModel:
-    """The finetuned model (None: find_checkpoint()); without one, the untrained stand-in."""
-    checkpoint = checkpoint or find_checkpoint() or HERE / "<model>-sft.pth"
+    """The finetuned model (None: find_checkpoint() in ch07/); without one, the untrained
+    stand-in, with a banner saying how to create a checkpoint."""
+    checkpoint = checkpoint or find_checkpoint() or HERE  # the folder: none was found there
 
     def untrained() -> AppModel:
         app_model = for_generation(standin_gpt())
-        app_model.description = "the course's stand-in, not finetuned: its answers are noise"
+        app_model.description = (
+            "the course's stand-in (a random 4-layer GPT, not GPT-2), not finetuned: "
+            "its answers are noise"
+        )
         return app_model
 
     def load() -> AppModel:

@@ -106,12 +106,15 @@ def load_or_fall_back(
 ) -> AppModel:
     """load(), or, when there is no checkpoint or it cannot be read, fall_back() with a banner.
 
-    missing: Markdown telling how to create the checkpoint; path: the checkpoint looked for
-    (None: no checkpoint was wanted, so fall_back() is the model meant and gets no banner).
+    missing: Markdown telling how to create the checkpoint; path: the checkpoint looked for, or
+    the folder searched for one (None: no checkpoint was wanted, so fall_back() is the model
+    meant and gets no banner).
     """
     if path is not None:
         shown = shown_path(path)
-        if not Path(path).is_file():
+        if Path(path).is_dir():
+            problem = f"No checkpoint in `{shown}`."
+        elif not Path(path).is_file():
             problem = f"No checkpoint at `{shown}`."
         else:
             try:
@@ -220,22 +223,23 @@ def stream_generate(
 
 def app_arguments(description: str, checkpoint_help: str) -> argparse.ArgumentParser:
     """The command-line options every app has: --checkpoint, --host, --port, --share, --device."""
-    parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", type=Path, default=None, help=checkpoint_help)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on; 0.0.0.0 lets other machines (or a cloud proxy) connect",
+        help="address to listen on (default: 127.0.0.1, this machine only); 0.0.0.0 lets other "
+        "machines, or a cloud machine's port forwarding, connect",
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
+    )
     parser.add_argument(
         "--share",
         action="store_true",
-        help="also create a public gradio.live link (anyone with it can use the app)",
+        help="also create a public gradio.live link (anyone with the link can use the app)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best one)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best one)")
     return parser
 
 

@@ -147,6 +147,8 @@ def test_load_or_fall_back_explains_a_missing_or_broken_checkpoint(tmp_path):
             and "Train one. Until then this page uses the fallback." in used.banner
         )
     assert load_or_fall_back(None, fall_back, "Train one.", None).banner is None
+    searched = load_or_fall_back(None, fall_back, "Train one.", tmp_path)
+    assert searched.banner.startswith(f"**⚠️ No checkpoint in `{tmp_path}`.**")
 
 
 def test_ch05_complete_streams_the_greedy_continuation(tokenizer):
