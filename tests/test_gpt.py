@@ -146,6 +146,30 @@ def test_dropout_is_active_only_in_training_mode():
     assert torch.equal(model(idx), model(idx))
 
 
+def dropout_rates(model: GPTModel) -> tuple[set, set, set]:
+    """The rates of the embedding, attention-weight and shortcut dropout modules of a model."""
+    return (
+        {model.drop_emb.p},
+        {block.att.dropout.p for block in model.trf_blocks},
+        {block.drop_shortcut.p for block in model.trf_blocks},
+    )
+
+
+def test_separate_dropout_rates_come_from_the_config():
+    rates = {"drop_rate_emb": 0.05, "drop_rate_attn": 0.2, "drop_rate_shortcut": 0.15}
+    assert dropout_rates(tiny_model(drop_rate=0.1, **rates)) == ({0.05}, {0.2}, {0.15})
+    # Each key defaults to drop_rate; without them the model is the book's.
+    assert dropout_rates(tiny_model(drop_rate=0.1, drop_rate_attn=0.3)) == ({0.1}, {0.3}, {0.1})
+    assert dropout_rates(tiny_model(drop_rate=0.25)) == ({0.25}, {0.25}, {0.25})
+    # Only attention dropout: the embeddings and shortcuts pass through unchanged in training.
+    model = tiny_model(drop_rate=0.0, drop_rate_attn=0.5).train()
+    block = model.trf_blocks[0]
+    x = torch.randn(2, 5, TINY["emb_dim"])
+    assert torch.equal(block.drop_shortcut(x), x) and torch.equal(model.drop_emb(x), x)
+    idx = random_ids(20)
+    assert not torch.equal(model(idx), model(idx))
+
+
 def count(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
