@@ -147,7 +147,9 @@ class Llama3Model(OpenDecoderModel):
 
 def standin_llama3(seed: int = 123) -> PretrainedOpenModel:
     """Llama3Model(LLAMA3_STANDIN_CONFIG), seeded, with GPT-2's tokenizer (see build_standin)."""
-    return build_standin(Llama3Model, LLAMA3_STANDIN_CONFIG, "shared.llama3", seed)
+    return build_standin(
+        Llama3Model, LLAMA3_STANDIN_CONFIG, "Llama 3", "shared.llama3.LLAMA3_STANDIN_CONFIG", seed
+    )
 
 
 def load_pretrained_llama3(

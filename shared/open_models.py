@@ -418,21 +418,20 @@ def load_pretrained_files(
 
 
 def build_standin(
-    model_class: type[OpenDecoderModel], cfg: dict, module: str, seed: int = 123
+    model_class: type[OpenDecoderModel], cfg: dict, name: str, where: str, seed: int = 123
 ) -> PretrainedOpenModel:
     """A stand-in for a pretrained model: model_class(cfg) initialised after
     torch.manual_seed(seed), in eval mode, with GPT-2's tokenizer (cfg has GPT-2's vocabulary);
-    is_standin=True. module names where cfg is defined, for the description."""
+    is_standin=True. name (e.g. "Llama 3") and where (cfg's module) go into the description."""
     torch.manual_seed(seed)
     tokenizer = gpt2_tokenizer()
-    name = model_class.__name__.removesuffix("Model")
     return PretrainedOpenModel(
         model=model_class(cfg).eval(),
         tokenizer=tokenizer,
         config=dict(cfg),
         eos_id=tokenizer.eot_token,
         description=f"a randomly initialised {cfg['n_layers']}-layer, {cfg['emb_dim']}-dim "
-        f"{name} with GPT-2's tokenizer ({module})",
+        f"{name} with GPT-2's tokenizer ({where})",
         is_standin=True,
     )
 

@@ -109,7 +109,9 @@ class Qwen3Model(OpenDecoderModel):
 
 def standin_qwen3(seed: int = 123) -> PretrainedOpenModel:
     """Qwen3Model(QWEN3_STANDIN_CONFIG), seeded, with GPT-2's tokenizer (see build_standin)."""
-    return build_standin(Qwen3Model, QWEN3_STANDIN_CONFIG, "shared.qwen3", seed)
+    return build_standin(
+        Qwen3Model, QWEN3_STANDIN_CONFIG, "Qwen3", "shared.qwen3.QWEN3_STANDIN_CONFIG", seed
+    )
 
 
 def load_pretrained_qwen3(

@@ -298,3 +298,17 @@ def test_without_the_files_one_line_says_why_and_the_standin_runs(monkeypatch, c
     assert load_pretrained_llama3().is_standin
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("Llama 3.2 1B is gated")
+
+
+def test_generation_benchmark_agrees_with_transformers_on_tokens():
+    from tests.notebook_code import REPO
+    from tests.scripts import run_script
+
+    result = run_script(
+        REPO / "ch05" / "open-models" / "benchmark_generation.py",
+        *("--layers", "1", "--vocab", "300", "--prompt-tokens", "2", "--new-tokens", "3"),
+        *("--repeats", "1"),
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("course", "transf"))]
+    assert len(rows) == 6, result.stdout  # three variants for each of llama3 and qwen3
+    assert all(row.endswith("True") for row in rows), result.stdout
