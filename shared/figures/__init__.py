@@ -5,8 +5,11 @@ function ``qkv_projections`` of ``shared.figures.ch03`` draws it, and it is disp
 output of that code cell, rendered at twice the resolution it is shown at (sharp on high-density
 screens). Committed with the notebook, the output shows wherever the notebook is opened alone:
 JupyterLab (which does not render SVG outputs of notebooks it has not trusted, so PNG, not SVG),
-GitHub, Colab, an nbconvert HTML page. tests/test_figures.py re-renders each committed figure and
-fails when its pixels differ. ``render_svg`` gives the vector version, for documents and slides.
+GitHub, Colab, an nbconvert HTML page. Each output records a digest of the drawing code
+(``source_digest``) and the matplotlib version: tests/test_figures.py fails when the code changed
+since the figure was committed, and, with the same matplotlib, when its pixels differ.
+``render_svg`` gives the vector version, for documents and slides. Drawing never changes the
+caller's random state (figures that draw random weights seed their own generator).
 
 Each figure function takes no arguments, returns a matplotlib Figure, and is decorated with
 ``@figure(alt="...")``: the alt text is the SVG's <title> and the output's text/plain fallback.
@@ -16,21 +19,26 @@ Colours come from ``COLORS`` so the same thing looks the same in every chapter.
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib
+import inspect
 import io
 import re
+import sys
 from collections.abc import Callable
 from html import escape
+from pathlib import Path
 
 import matplotlib
+import torch
 from matplotlib.figure import Figure
 
 # One colour per concept, used by every chapter.
 COLORS = {
-    "token": "#dbe9f6",  # text pieces, token ids
+    "token": "#fff5d6",  # text pieces, token ids
     "embedding": "#c6e2c4",  # embedding vectors (token embeddings)
     "position": "#f9dcb5",  # position embeddings
-    "input": "#cfe3f7",  # model inputs
+    "input": "#c6dbef",  # model inputs
     "target": "#f7cfd8",  # training targets
     "query": "#9ecae1",
     "key": "#fdae6b",
@@ -78,11 +86,27 @@ def figure_function(name: str) -> Callable[[], Figure]:
     return draw
 
 
+def _draw(name: str) -> Figure:
+    """Call the figure function of name without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        return figure_function(name)()
+
+
+def source_digest(name: str) -> str:
+    """A digest of the code a figure is drawn from: its module, the drawing primitives, this file."""
+    module = importlib.import_module(f"shared.figures.{name.partition('.')[0]}")
+    digest = hashlib.sha256()
+    draw_primitives = importlib.import_module("shared.figures.draw")
+    for source in (module, draw_primitives, sys.modules[__name__]):
+        digest.update(Path(inspect.getfile(source)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def render_svg(name: str) -> str:
     """Draw the figure called name and return it as SVG text, identical on every run."""
     draw = figure_function(name)
     with matplotlib.rc_context({"svg.hashsalt": SVG_SALT, "svg.fonttype": "path"}):
-        fig = draw()
+        fig = _draw(name)
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     svg = buffer.getvalue()
@@ -94,7 +118,7 @@ def render_svg(name: str) -> str:
 def render_png(name: str) -> bytes:
     """Draw the figure called name and return it as PNG bytes (PNG_DPI), identical on every run
     with the same matplotlib."""
-    fig = figure_function(name)()
+    fig = _draw(name)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=PNG_DPI, metadata={"Software": None})
     return buffer.getvalue()
@@ -114,5 +138,10 @@ def show(name: str) -> None:
             "text/plain": f"[figure {name}] {draw.alt}",
         },
         raw=True,
-        metadata={"image/png": {"width": width}, "figure": name},
+        metadata={
+            "image/png": {"width": width},
+            "figure": name,
+            "source": source_digest(name),
+            "matplotlib": matplotlib.__version__,
+        },
     )

@@ -8,10 +8,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
 from shared.figures import COLORS, figure
+from shared.figures.ch03 import TOKENS  # Chapter 3's sentence
 from shared.figures.draw import FONT, arrow, box, canvas, grid, label
 
 HEADS = 8  # query heads drawn in each panel
-TOKENS = ["Your", "journey", "starts", "with", "one", "step"]  # Chapter 3's sentence
 
 
 def _cache_area(ax, x: float, y: float, w: float, h: float, text: str) -> None:

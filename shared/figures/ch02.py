@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from matplotlib.figure import Figure
 
@@ -70,8 +72,6 @@ def text_to_embeddings() -> Figure:
     "pattern also splits question marks and double dashes, and whitespace pieces are dropped."
 )
 def regex_split() -> Figure:
-    import re
-
     text = "Hello, world. Is this-- a test?"
     steps = [
         (r're.split(r"(\s)", text)', re.split(r"(\s)", text)),
@@ -112,7 +112,8 @@ BPE_WORDS = {"low": 5, "lower": 2, "newest": 6, "widest": 3}
     "merges the most frequent pair of neighbouring tokens into one new token, so the words "
     "are written with fewer and longer tokens after each merge."
 )
-def bpe_merges(steps: int = 5) -> Figure:
+def bpe_merges() -> Figure:
+    steps = 5
     text = "".join(f" {word}" * count for word, count in BPE_WORDS.items())
     tokenizer = BPETokenizer.train(text, vocab_size=256 + steps + 1)
     words = {f" {w}": list(f" {w}".encode()) for w in BPE_WORDS}
@@ -169,57 +170,48 @@ def sliding_window() -> Figure:
     ids = tokenizer.encode(VERDICT_START)[:9]
     pieces = [_visible(tokenizer.decode([i])) for i in ids]
     max_length, stride, w, gap = 4, 2, 0.88, 0.06
-    fig, ax = canvas(10.0, 4.3)
-    x0 = 1.55
-    label(ax, 0.1, 3.85, "text", ha="left", bold=True)
-    row(ax, x0, 3.65, pieces, "token", w=w, gap=gap)
-    label(ax, 0.1, 3.35, "token ID", ha="left", fontsize=FONT - 1)
+    fig, ax = canvas(10.0, 4.95)
+    x0 = 1.3
+    label(ax, 0.1, 4.63, "text", ha="left", bold=True)
+    row(ax, x0, 4.45, pieces, "token", w=w, gap=gap)
+    label(ax, 0.1, 4.25, "token ID", ha="left", fontsize=FONT - 1)
     for k, i in enumerate(ids):
-        label(ax, x0 + k * (w + gap) + w / 2, 3.45, str(i), fontsize=FONT - 2)
+        label(ax, x0 + k * (w + gap) + w / 2, 4.25, str(i), fontsize=FONT - 2)
     for n in range(2):
         start = n * stride
-        y = 2.55 - n * 1.2
+        y = 3.3 - n * 1.45
         label(ax, 0.1, y + 0.2, f"window {n + 1}", ha="left", bold=True)
         label(ax, 0.1, y - 0.05, "input x", ha="left", fontsize=FONT - 1)
-        label(ax, 0.1, y - 0.45, "target y", ha="left", fontsize=FONT - 1)
-        xs = [x0 + (start + k) * (w + gap) for k in range(max_length)]
-        for k, x in enumerate(xs):
+        label(ax, 0.1, y - 0.6, "target y", ha="left", fontsize=FONT - 1)
+        for k in range(max_length):
+            x = x0 + (start + k) * (w + gap)
+            box(ax, x, y - 0.2, w, 0.32, pieces[start + k], "input", FONT - 1, rounded=False)
+            target_x = x + w + gap
             box(
                 ax,
-                x,
-                y - 0.2,
-                w,
-                0.32,
-                pieces[start + k],
-                "input",
-                fontsize=FONT - 1,
-                rounded=False,
-            )
-            box(
-                ax,
-                x + w + gap,
-                y - 0.6,
+                target_x,
+                y - 0.75,
                 w,
                 0.32,
                 pieces[start + k + 1],
                 "target",
-                fontsize=FONT - 1,
+                FONT - 1,
                 rounded=False,
             )
-            arrow(ax, (x + w / 2, y - 0.2), (x + w + gap + w / 2, y - 0.28), color="#888888")
-    arrow(ax, (x0, 0.3), (x0 + stride * (w + gap), 0.3))
+            arrow(ax, (x + w / 2, y - 0.2), (target_x + w / 2, y - 0.43), color="#888888")
+    arrow(ax, (x0, 0.45), (x0 + stride * (w + gap), 0.45))
     label(
         ax,
         x0 + stride * (w + gap) + 0.1,
-        0.3,
+        0.45,
         "stride = 2: the next window starts 2 tokens later",
         ha="left",
         fontsize=FONT - 1,
     )
     label(
         ax,
-        x0 + 4.9 * (w + gap),
-        2.9,
+        x0 + 5.2 * (w + gap),
+        3.45,
         "max_length = 4 tokens per window;\nthe target is the input shifted by one",
         ha="left",
         fontsize=FONT - 1,
@@ -233,7 +225,7 @@ def sliding_window() -> Figure:
     "added (broadcast over the batch) into input embeddings of shape (8, 4, 256)."
 )
 def input_embeddings() -> Figure:
-    fig, ax = canvas(9.5, 3.6)
+    fig, ax = canvas(9.9, 3.6)
     box(ax, 0.2, 2.35, 1.8, 0.7, "token IDs\n(8, 4)", "token")
     box(ax, 2.6, 2.35, 2.3, 0.7, "token embedding layer\n50,257 x 256", "embedding")
     box(ax, 5.5, 2.35, 1.7, 0.7, "token embeddings\n(8, 4, 256)", "embedding")
@@ -241,7 +233,7 @@ def input_embeddings() -> Figure:
     box(ax, 2.6, 0.55, 2.3, 0.7, "position embedding layer\n4 x 256", "position")
     box(ax, 5.5, 0.55, 1.7, 0.7, "position emb.\n(4, 256)", "position")
     box(ax, 7.65, 1.45, 0.45, 0.5, "+", "white", fontsize=FONT + 4)
-    box(ax, 8.4, 1.35, 1.0, 0.7, "input\nembeddings\n(8, 4, 256)", "input", fontsize=FONT - 1)
+    box(ax, 8.4, 1.25, 1.4, 0.9, "input\nembeddings\n(8, 4, 256)", "input", fontsize=FONT - 1)
     arrow(ax, (2.0, 2.7), (2.6, 2.7))
     arrow(ax, (4.9, 2.7), (5.5, 2.7))
     arrow(ax, (2.0, 0.9), (2.6, 0.9))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import torch
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import FancyArrowPatch, Rectangle
 
 from shared.attention import SelfAttention_v2
-from shared.figures import figure
+from shared.attention import causal_mask as causal_mask_of
+from shared.figures import COLORS, figure
 from shared.figures.draw import FONT, arrow, box, canvas, grid, label
 
 TOKENS = ["Your", "journey", "starts", "with", "one", "step"]
@@ -25,6 +26,84 @@ INPUTS = torch.tensor(
 )
 
 
+@figure(
+    alt="Two ways to translate 'Your journey starts with one step' into German. Top: an "
+    "encoder-decoder RNN squeezes the whole sentence through the encoder's last hidden state, "
+    "a bottleneck. Bottom: with attention, the decoder producing 'Schritt' looks back at every "
+    "encoder state, weighting them (illustrative weights, thicker means more)."
+)
+def encoder_decoder() -> Figure:
+    target = ["Deine", "Reise", "beginnt", "mit", "einem", "Schritt"]
+    fig, ax = canvas(10.0, 5.6)
+    step, w = 0.74, 0.62
+    enc = [0.45 + i * step for i in range(6)]
+    dec = [5.3 + j * step for j in range(6)]
+    for panel, top in enumerate((5.25, 2.55)):
+        title = (
+            "encoder-decoder RNN: the last hidden state carries the whole sentence"
+            if panel == 0
+            else 'with attention: to produce "Schritt", the decoder looks at every encoder state'
+        )
+        label(ax, 0.2, top, title, ha="left", bold=True)
+        y_state = top - 1.15
+        for i, x in enumerate(enc):
+            box(
+                ax, x - 0.22, y_state - 0.17, 0.44, 0.34, f"h{i + 1}", "position", fontsize=FONT - 2
+            )
+            if panel == 0:  # the words enter below the encoder
+                word_y = y_state - 0.95
+                box(ax, x - w / 2, word_y, w, 0.32, TOKENS[i], "token", fontsize=FONT - 2)
+                arrow(ax, (x, y_state - 0.62), (x, y_state - 0.18))
+            else:  # room below for the attention arcs: the words are written above
+                label(ax, x, y_state + 0.32, TOKENS[i], fontsize=FONT - 2, italic=True)
+            if i:
+                arrow(ax, (x - step + 0.22, y_state), (x - 0.22, y_state))
+        for j, x in enumerate(dec):
+            box(
+                ax, x - 0.22, y_state - 0.17, 0.44, 0.34, f"d{j + 1}", "position", fontsize=FONT - 2
+            )
+            box(
+                ax,
+                x - w / 2,
+                y_state + 0.45,
+                w,
+                0.32,
+                target[j],
+                "target",
+                fontsize=FONT - 2,
+                rounded=False,
+            )
+            arrow(ax, (x, y_state + 0.18), (x, y_state + 0.45))
+            if j:
+                arrow(ax, (x - step + 0.22, y_state), (x - 0.22, y_state))
+        if panel == 0:
+            arrow(ax, (enc[-1] + 0.22, y_state), (dec[0] - 0.22, y_state), color="accent")
+            label(
+                ax,
+                (enc[-1] + dec[0]) / 2,
+                y_state + 0.3,
+                "bottleneck",
+                color="accent",
+                fontsize=FONT - 1,
+            )
+        else:
+            weights = [0.03, 0.04, 0.03, 0.05, 0.15, 0.70]  # illustrative, not computed
+            for x, weight in zip(enc, weights):
+                ax.add_patch(
+                    FancyArrowPatch(
+                        (x, y_state - 0.18),
+                        (dec[-1] - 0.1, y_state - 0.18),
+                        arrowstyle="-|>",
+                        mutation_scale=9,
+                        connectionstyle="arc3,rad=0.22",
+                        color=COLORS["accent"],
+                        linewidth=0.5 + 5 * weight,
+                        alpha=0.35 + 0.65 * weight,
+                    )
+                )
+    return fig
+
+
 def _chapter_scores() -> torch.Tensor:
     """The attention scores Q Kᵀ of section 3.5: SelfAttention_v2 built after seed 789."""
     torch.manual_seed(789)
@@ -35,7 +114,7 @@ def _chapter_scores() -> torch.Tensor:
 
 def _causal_weights(scores: torch.Tensor) -> torch.Tensor:
     """softmax(masked scores / √d_k) with d_k = 2, as in the chapter."""
-    future = torch.triu(torch.ones_like(scores, dtype=torch.bool), diagonal=1)
+    future = causal_mask_of(len(scores))
     return torch.softmax(scores.masked_fill(future, float("-inf")) / 2**0.5, dim=-1)
 
 
@@ -111,7 +190,16 @@ def qkv_projections() -> Figure:
     box(ax, 5.9, 2.6, 1.5, 0.75, "scores\nQ Kᵀ (6, 6)", "weight")
     arrow(ax, (5.2, 3.5), (5.9, 3.1))
     arrow(ax, (5.2, 2.25), (5.9, 2.85))
-    box(ax, 7.9, 2.6, 1.9, 0.75, "weights\nsoftmax(scores / √d_k)", "weight", fontsize=FONT - 1)
+    box(
+        ax,
+        7.9,
+        2.6,
+        1.9,
+        0.75,
+        "weights (6, 6)\nsoftmax(scores / √d_k)",
+        "weight",
+        fontsize=FONT - 1,
+    )
     arrow(ax, (7.4, 2.97), (7.9, 2.97))
     box(ax, 7.9, 0.55, 1.9, 0.75, "context vectors\nweights · V (6, 2)", "context")
     arrow(ax, (8.85, 2.6), (8.85, 1.3))
@@ -125,8 +213,8 @@ def qkv_projections() -> Figure:
         italic=True,
     )
     label(ax, 2.7, 4.0, "1. project", bold=True)
-    label(ax, 6.65, 4.0, "2. compare", bold=True)
-    label(ax, 8.85, 4.0, "3. mix", bold=True)
+    label(ax, 7.85, 4.0, "2. compare", bold=True)
+    label(ax, 8.95, 1.95, "3. mix", bold=True, ha="left")
     return fig
 
 
@@ -138,7 +226,7 @@ def qkv_projections() -> Figure:
 def causal_mask() -> Figure:
     scores = _chapter_scores()
     n = len(TOKENS)
-    future = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    future = causal_mask_of(n)
     weights = _causal_weights(scores)
     cell = 0.4
     fig, ax = canvas(10.0, 3.75)
@@ -156,7 +244,7 @@ def causal_mask() -> Figure:
         (
             "softmax(· / √d_k): rows sum to 1",
             [["0" if future[i, j] else f"{weights[i, j]:.2f}" for j in range(n)] for i in range(n)],
-            [["mask" if future[i, j] else "context" for j in range(n)] for i in range(n)],
+            [["mask" if future[i, j] else "weight" for j in range(n)] for i in range(n)],
         ),
     ]
     for k, (title, values, colors) in enumerate(panels):
@@ -185,14 +273,14 @@ def causal_mask() -> Figure:
 )
 def dropout_attention() -> Figure:
     n = len(TOKENS)
-    future = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    future = causal_mask_of(n)
     weights = _causal_weights(_chapter_scores())
     torch.manual_seed(123)
     dropped = torch.nn.Dropout(0.5)(weights)
     cell = 0.42
     fig, ax = canvas(7.5, 3.75)
 
-    def colours(matrix):
+    def colors(matrix):
         return [
             [
                 "mask" if future[i, j] else ("white" if matrix[i, j] == 0 else "context")
@@ -209,7 +297,7 @@ def dropout_attention() -> Figure:
         values = [
             ["" if future[i, j] else f"{matrix[i, j]:.2f}" for j in range(n)] for i in range(n)
         ]
-        grid(ax, x, 3.1, values, colours(matrix), cell=cell, fontsize=FONT - 3)
+        grid(ax, x, 3.1, values, colors(matrix), cell=cell, fontsize=FONT - 3)
     arrow(ax, (0.85 + n * cell + 0.15, 1.85), (4.45, 1.85))
     for i, token in enumerate(TOKENS):
         label(ax, 0.8, 3.1 - (i + 0.5) * cell, token, ha="right", fontsize=FONT - 2)
@@ -236,13 +324,13 @@ def multihead_split() -> Figure:
     steps_top = [
         ("input x\n(b, n, d_in)", "input"),
         ("W_query, W_key,\nW_value\n→ (b, n, d_out)", "attention"),
-        ("view\n(b, n, h, d_head)", "query"),
-        ("transpose(1, 2)\n(b, h, n, d_head)", "query"),
+        ("view\n(b, n, h, d_head)", "attention"),
+        ("transpose(1, 2)\n(b, h, n, d_head)", "attention"),
     ]
     steps_bottom = [
-        ("one attention\nper head\n(b, h, n, d_head)", "weight"),
+        ("per head: weights\n(b, h, n, n) · V\n→ (b, h, n, d_head)", "weight"),
         ("transpose(1, 2)\n(b, n, h, d_head)", "context"),
-        ("view: merge\n(b, n, d_out)", "context"),
+        ("contiguous().view:\nmerge (b, n, d_out)", "context"),
         ("out_proj\n(b, n, d_out)", "attention"),
     ]
     xs = [0.25 + k * 2.45 for k in range(4)]
