@@ -174,11 +174,11 @@ def test_fused_layer_norm_and_gelu_equal_plain():
 def test_cached_generation_equals_uncached(fused, max_new_tokens):
     from shared.pretraining import generate
 
-    model = cached_models()[int(fused)]
+    uncached_model = path_model("fused" if fused else "plain")
+    model = path_model("kv cache, fused" if fused else "kv cache")
     prompt = torch.randint(0, TINY["vocab_size"], (2, 6))
     args = dict(max_new_tokens=max_new_tokens, context_size=TINY["context_length"])
-    plain = generate(twin_models()[int(fused)], prompt, **args)  # GPTModel, no cache
-    assert torch.equal(generate(model, prompt, **args), plain)
+    plain = generate(uncached_model, prompt, **args)
     cached = generate(model, prompt, **args, use_cache=True)
     assert plain.shape == (2, 6 + max_new_tokens)
     assert torch.equal(cached, plain)
@@ -208,3 +208,44 @@ def test_kv_cache_attention_without_cache_is_the_plain_module():
     x = torch.randn(2, 12, 16)
     assert torch.equal(cached(x), plain(x))
     assert cached.cache_k is None  # nothing was cached
+
+
+@pytest.fixture(scope="module")
+def kv_notebook():
+    from tests.notebook_code import notebook_definitions
+
+    return notebook_definitions("ch04/kv-cache.ipynb")
+
+
+@pytest.mark.parametrize(
+    "attention", ["CachedMultiHeadAttention", "PreallocatedMultiHeadAttention"]
+)
+def test_notebook_step_by_step_cache_gives_the_uncached_tokens(kv_notebook, attention):
+    from shared.gpt import generate_text_simple
+
+    cfg = {**TINY, "qkv_bias": False}
+    torch.manual_seed(3)
+    plain = GPTModel(cfg).eval()
+    cached = kv_notebook["CachedGPTModel"](cfg, kv_notebook[attention]).eval()
+    cached.load_state_dict(plain.state_dict())  # strict: GPTModel's names and shapes
+    assert "trf_blocks.0.att.cache_k" not in cached.state_dict()
+    prompt = torch.randint(0, TINY["vocab_size"], (2, 5))
+    new = TINY["context_length"] - 5  # up to the end of the context
+    expected = generate_text_simple(plain, prompt, new, TINY["context_length"])
+    assert torch.equal(kv_notebook["generate_cached"](cached, prompt, new), expected)
+    assert cached.current_pos == TINY["context_length"] - 1  # the last token is never fed
+    # A second text starts from an empty cache.
+    other = torch.randint(0, TINY["vocab_size"], (1, 3))
+    assert torch.equal(
+        kv_notebook["generate_cached"](cached, other, 4),
+        generate_text_simple(plain, other, 4, TINY["context_length"]),
+    )
+
+
+def test_notebook_memory_formula_matches_the_cache_tensors(kv_notebook):
+    model = kv_notebook["CachedGPTModel"](TINY).eval()
+    kv_notebook["generate_cached"](model, torch.zeros(3, 4, dtype=torch.long), 6)
+    held = sum(b.att.cache_k.nbytes + b.att.cache_v.nbytes for b in model.trf_blocks)
+    assert held == kv_notebook["kv_cache_bytes"](TINY, num_tokens=9, batch_size=3)
+    # GPT-2 124M at its full context: 2 x 768 x 4 bytes x 12 layers x 1,024 tokens = 72 MiB.
+    assert kv_notebook["kv_cache_bytes"]({"emb_dim": 768, "n_layers": 12}, 1024) == 72 * 1024**2
