@@ -13,6 +13,7 @@ import argparse
 
 import torch
 
+from shared.cli import errors_as_one_line
 from shared.device import get_device
 from shared.gpt import GPT2_MODEL_CONFIGS, GPT_CONFIG_124M, GPTModel, generate_text_simple
 from shared.tokenizers import gpt2_tokenizer
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device) if args.device else get_device()
     cfg = model_config(args.size)
-    tokenizer = gpt2_tokenizer()
+    with errors_as_one_line():  # offline without the tokenizer's files: one line, no traceback
+        tokenizer = gpt2_tokenizer()
 
     torch.manual_seed(args.seed)
     model = GPTModel(cfg).to(device).eval()

@@ -7,17 +7,18 @@ Examples (from the repository root):
     python ch05/generate.py --gpt2 355M --temperature 0 --max-new-tokens 30   # greedy
 
 GPT-2 weights are downloaded once and cached (see shared.data). Without them (offline, nothing
-cached) the script says so and uses the randomly initialised stand-in of shared.gpt2_weights.
+cached) the script says why and uses the randomly initialised stand-in of shared.gpt2_weights;
+with --require-gpt2 it stops with an error instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
+from shared.cli import HelpFormatter, errors_as_one_line
 from shared.device import get_device
 from shared.gpt import GPTModel
 from shared.gpt2_weights import GPT2_HF_NAMES, load_pretrained_gpt2
@@ -35,20 +36,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
         description="Generate text with a GPT model (Chapter 5).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by ch05/train.py")
-    source.add_argument("--gpt2", choices=GPT2_HF_NAMES, help="OpenAI's GPT-2 weights of this size")
-    parser.add_argument("--prompt", default="Every effort moves you")
-    parser.add_argument("--max-new-tokens", type=int, default=50)
+    source.add_argument(
+        "--checkpoint", type=Path, help="a checkpoint written by ch05/train.py (default: none)"
+    )
+    source.add_argument(
+        "--gpt2", choices=GPT2_HF_NAMES, help="OpenAI's GPT-2 weights of this size (default: none)"
+    )
+    parser.add_argument(
+        "--require-gpt2",
+        action="store_true",
+        help="with --gpt2: stop with an error when the weights cannot be had, instead of using "
+        "the random stand-in",
+    )
+    parser.add_argument("--prompt", default="Every effort moves you", help="the text to continue")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=50, help="how many tokens to generate at most"
+    )
     parser.add_argument(
         "--temperature", type=float, default=1.0, help="0 picks the most likely token (greedy)"
     )
     parser.add_argument(
         "--top-k", type=int, default=50, help="sample among the k likeliest; 0: all"
     )
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--seed", type=int, default=123, help="random seed for sampling")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best one)")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0:
@@ -59,13 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--top-k must be >= 0")
     if not args.prompt:
         parser.error("--prompt must not be empty")
+    if args.require_gpt2 and not args.gpt2:
+        parser.error("--require-gpt2 goes with --gpt2")
     return args
 
 
 def load_model(args: argparse.Namespace) -> tuple[GPTModel, dict]:
     """The model (in eval mode) and its config, from --checkpoint or --gpt2."""
     if args.gpt2:
-        pretrained = load_pretrained_gpt2(args.gpt2)
+        pretrained = load_pretrained_gpt2(args.gpt2, allow_standin=not args.require_gpt2)
         print(f"Model: {pretrained.description}")
         return pretrained.model, pretrained.config
     if not args.checkpoint.is_file():
@@ -84,12 +99,10 @@ def load_model(args: argparse.Namespace) -> tuple[GPTModel, dict]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device) if args.device else get_device()
-    try:
+    with errors_as_one_line():
         model, config = load_model(args)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+        tokenizer = gpt2_tokenizer()
     model.to(device)
-    tokenizer = gpt2_tokenizer()
     torch.manual_seed(args.seed)
     token_ids = generate(
         model,

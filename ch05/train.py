@@ -28,17 +28,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from shared.corpus import TokenWindowDataset, prepare_token_file
+from shared.cli import HelpFormatter, check_utf8, errors_as_one_line, read_text_file
+from shared.corpus import TOKEN_DTYPE, TokenWindowDataset, prepare_token_file
 from shared.dataset import GPTDatasetV1
 from shared.distributed import (
     cleanup_distributed,
@@ -88,13 +89,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
         description="Pretrain a GPT model on text files (Chapter 5).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--data", nargs="+", type=Path, help="UTF-8 text files")
+    parser.add_argument("--data", nargs="+", type=Path, help="UTF-8 text files (default: none)")
     parser.add_argument(
         "--token-file",
         type=Path,
-        help="memory-mapped token file to stream from; with --data, tokenise the files into it first",
+        help="memory-mapped token file to stream from; with --data, tokenise the files into it "
+        "first (default: none: train on --data in memory)",
     )
     parser.add_argument(
         "--prepare-only",
@@ -112,17 +114,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--epochs", type=int, default=10, help="epochs in all (also on resume)")
     parser.add_argument("--lr", type=float, default=4e-4, help="AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.1)
-    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the model")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="text kept for validation")
     parser.add_argument("--eval-freq", type=int, default=5, help="evaluate every N steps")
     parser.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
     parser.add_argument(
         "--start-context", default="Every effort moves you", help="prompt of the samples"
     )
-    parser.add_argument("--checkpoint-dir", type=Path, default=Path("checkpoints"))
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=Path("checkpoints"),
+        help="where last.pth and losses.png are written",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from last.pth")
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--seed", type=int, default=123, help="random seed (weights, data order)")
     parser.add_argument(
         "--device",
         default=None,
@@ -147,7 +154,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     speed.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine decay")
     speed.add_argument(
-        "--max-grad-norm", type=float, default=None, help="clip gradients to this total norm"
+        "--max-grad-norm",
+        type=float,
+        default=None,
+        help="clip gradients to this total norm (default: no clipping)",
     )
     args = parser.parse_args(argv)
     for name in ("context_length", "batch_size", "epochs", "eval_freq", "eval_iter"):
@@ -193,18 +203,21 @@ def build_config(args: argparse.Namespace) -> dict:
 
 
 def check_files(paths: list[Path]) -> None:
-    """ValueError naming the first path that is not an existing file."""
+    """ValueError naming the first path that is not an existing UTF-8 text file."""
     for path in paths:
         if not path.is_file():
-            raise ValueError(f"data file {path} does not exist")
+            raise ValueError(f"data file {path} does not exist (or is not a file)")
+        check_utf8(path)
 
 
 def read_texts(paths: list[Path]) -> str:
-    """The files' contents joined by <|endoftext|>; ValueError for a missing or empty file."""
-    check_files(paths)
+    """The files' contents joined by <|endoftext|>; ValueError naming a missing, empty or
+    non-UTF-8 file."""
     texts = []
     for path in paths:
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():
+            raise ValueError(f"data file {path} does not exist (or is not a file)")
+        text = read_text_file(path)
         if not text.strip():
             raise ValueError(f"data file {path} is empty")
         texts.append(text)
@@ -221,6 +234,27 @@ def prepare_tokens(args: argparse.Namespace) -> None:
         dist.barrier()
 
 
+def check_enough_tokens(tokens: int, window: int, what: str) -> None:
+    """ValueError, naming --context-length, unless tokens fill one window and its target."""
+    if tokens < window + 1:
+        raise ValueError(
+            f"{what} has {tokens:,} tokens, too few for one window of --context-length {window} "
+            f"plus its one-token-shifted target (needs {window + 1:,}); use more text or a "
+            "smaller --context-length"
+        )
+
+
+def text_windows(text: str, tokenizer, window: int, what: str) -> GPTDatasetV1:
+    """GPTDatasetV1 of text with stride = window; ValueError naming --context-length when the
+    text is too short for one window."""
+    try:
+        return GPTDatasetV1(text, tokenizer, window, stride=window)
+    except ValueError:
+        tokens = len(tokenizer.encode(text, allowed_special={END_OF_TEXT}))
+        check_enough_tokens(tokens, window, what)
+        raise
+
+
 def make_datasets(config: dict, args: argparse.Namespace) -> tuple[Dataset, Dataset]:
     """Training and validation windows of context_length tokens (stride: the same).
 
@@ -233,14 +267,16 @@ def make_datasets(config: dict, args: argparse.Namespace) -> tuple[Dataset, Data
         split = int((1 - args.val_fraction) * len(text))
         tokenizer = gpt2_tokenizer()
         return (
-            GPTDatasetV1(text[:split], tokenizer, window, stride=window),
-            GPTDatasetV1(text[split:], tokenizer, window, stride=window),
+            text_windows(text[:split], tokenizer, window, "the training text"),
+            text_windows(text[split:], tokenizer, window, "the validation text (--val-fraction)"),
         )
     if not args.token_file.is_file():
         raise ValueError(
             f"token file {args.token_file} does not exist; make it with --data FILES "
             "--token-file PATH --prepare-only"
         )
+    tokens = args.token_file.stat().st_size // np.dtype(TOKEN_DTYPE).itemsize
+    check_enough_tokens(tokens, window, f"token file {args.token_file}")
     windows = TokenWindowDataset(args.token_file, window, stride=window)
     split = int((1 - args.val_fraction) * len(windows))
     if not 0 < split < len(windows):
@@ -419,26 +455,21 @@ def setup(args: argparse.Namespace, device):
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    try:
+    with errors_as_one_line():
         _, _, processes, device = setup_distributed(args.device)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
-    try:
-        run(args, device, processes)
-    finally:
-        cleanup_distributed()
+        try:
+            run(args, device, processes)
+        finally:
+            cleanup_distributed()
 
 
 def run(args: argparse.Namespace, device, processes: int) -> None:
     """Prepare the token file, or train (in this process's part of a torchrun job)."""
-    try:
-        if args.data is not None and args.token_file is not None:
-            prepare_tokens(args)
-            if args.prepare_only:
-                return
-        config, train_loader, val_loader, model, optimizer, state = setup(args, device)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    if args.data is not None and args.token_file is not None:
+        prepare_tokens(args)
+        if args.prepare_only:
+            return
+    config, train_loader, val_loader, model, optimizer, state = setup(args, device)
     if device.type == "cuda":
         enable_tf32()
     per_process = f" per process, {processes} processes" if processes > 1 else ""

@@ -9,7 +9,8 @@ Examples (from the repository root):
     echo "Free entry to win a car" | python ch06/train_classifier.py classify -
 
 ``train`` downloads the SMS Spam Collection (once; cached), balances and splits it 70/10/20 into
-CSV files, loads pretrained GPT-2 (offline: a randomly initialised stand-in, said in one line),
+CSV files, loads pretrained GPT-2 (offline: a randomly initialised stand-in, said in one line with
+the reason; with ``--require-gpt2`` an error instead),
 replaces the output layer with a 2-class head, freezes all but the last ``--trainable-blocks``
 transformer blocks, finetunes, prints training, validation and test accuracy, and saves the
 classifier. ``classify`` loads such a file and prints ``spam`` or ``not spam`` for each message.
@@ -36,6 +37,7 @@ from shared.classification import (
     save_classifier,
     train_classifier_simple,
 )
+from shared.cli import HelpFormatter, errors_as_one_line
 from shared.device import get_device
 from shared.gpt2_weights import GPT2_HF_NAMES, load_pretrained_gpt2, standin_gpt
 from shared.tokenizers import gpt2_tokenizer
@@ -80,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Finetune a GPT as a spam classifier (Chapter 6), or classify messages.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = HelpFormatter
 
     train = commands.add_parser(
         "train", help="data -> finetuned classifier", formatter_class=defaults
@@ -93,6 +95,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "'standin' skips the download and uses the stand-in",
     )
     train.add_argument(
+        "--require-gpt2",
+        action="store_true",
+        help="stop with an error when GPT-2's weights cannot be had, instead of using the stand-in",
+    )
+    train.add_argument(
         "--trainable-blocks",
         type=trainable_blocks,
         default=None,
@@ -100,7 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         'head); 0 trains only those two; "all" trains the whole model (default: 1 for GPT-2, '
         '"all" for the random stand-in, as in the chapter)',
     )
-    train.add_argument("--epochs", type=positive_int, default=5)
+    train.add_argument(
+        "--epochs", type=positive_int, default=5, help="passes over the training set"
+    )
     train.add_argument(
         "--pad-length",
         type=pad_length,
@@ -115,21 +124,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="AdamW learning rate (default: 5e-5 for GPT-2, 2e-4 for the stand-in, as in the "
         "chapter)",
     )
-    train.add_argument("--weight-decay", type=float, default=0.1)
-    train.add_argument("--batch-size", type=positive_int, default=8)
+    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    train.add_argument("--batch-size", type=positive_int, default=8, help="messages per batch")
     train.add_argument("--eval-freq", type=positive_int, default=50, help="evaluate every N steps")
     train.add_argument("--eval-iter", type=positive_int, default=5, help="batches per evaluation")
     train.add_argument(
         "--max-train-examples",
         type=positive_int,
         default=None,
-        help="train on only the first N training messages (quick trials); default: all 1,045",
+        help="train on only the first N training messages, for quick trials (default: all 1,045)",
     )
     train.add_argument(
         "--data-dir", type=Path, default=HERE, help="where train/validation/test.csv are written"
     )
     train.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="classifier file")
-    train.add_argument("--seed", type=int, default=123)
+    train.add_argument("--seed", type=int, default=123, help="random seed (split, weights, order)")
     train.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best one)")
 
     classify = commands.add_parser(
@@ -138,14 +147,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     classify.add_argument(
         "messages", nargs="+", help='messages to classify; "-" reads one message per line of stdin'
     )
-    classify.add_argument("--classifier", type=Path, default=DEFAULT_OUTPUT)
+    classify.add_argument(
+        "--classifier", type=Path, default=DEFAULT_OUTPUT, help="a file written by 'train'"
+    )
     classify.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best one)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.require_gpt2 and args.model == "standin":
+        parser.error("--require-gpt2 contradicts --model standin")
+    return args
 
 
-def load_base_model(name: str, seed: int):
+def load_base_model(name: str, seed: int, allow_standin: bool = True):
     """(model, config, description, is_standin) for a GPT-2 size or "standin"."""
-    pretrained = standin_gpt(seed) if name == "standin" else load_pretrained_gpt2(name, seed=seed)
+    if name == "standin":
+        pretrained = standin_gpt(seed)
+    else:
+        pretrained = load_pretrained_gpt2(name, seed=seed, allow_standin=allow_standin)
     return pretrained.model, pretrained.config, pretrained.description, pretrained.is_standin
 
 
@@ -162,7 +179,9 @@ def training_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 
 def train(args: argparse.Namespace, device: torch.device) -> None:
-    model, config, description, is_standin = load_base_model(args.model, args.seed)
+    model, config, description, is_standin = load_base_model(
+        args.model, args.seed, allow_standin=not args.require_gpt2
+    )
     print(f"Model: {description}")
     defaults = FINETUNE_DEFAULTS["standin" if is_standin else "gpt2"]
     if args.trainable_blocks is None:
@@ -261,10 +280,8 @@ def classify(args: argparse.Namespace, device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device) if args.device else get_device()
-    try:
+    with errors_as_one_line():
         (train if args.command == "train" else classify)(args, device)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ list of {"instruction", "input", "output"} entries) is split 85/10/5 into traini
 validation sets; the model is finetuned on the training set; its responses to the test set are
 written to a JSON file (each test entry plus "model_response") that score_responses.py scores.
 
-Starts from OpenAI's GPT-2 weights. Without them (offline, nothing cached), or with --standin,
-it uses the course's stand-in: a small randomly initialised GPT (shared.gpt2_weights.STANDIN_CONFIG).
+Starts from OpenAI's GPT-2 weights. Without them (offline, nothing cached: it says why), or with
+--standin, it uses the course's stand-in: a small randomly initialised GPT
+(shared.gpt2_weights.STANDIN_CONFIG); with --require-gpt2 it stops with an error instead.
 
 Examples:
     python finetune_instructions.py                      # the book's settings, GPT-2 355M
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from shared.data import DataUnavailableError, fetch
+from shared.cli import HelpFormatter, errors_as_one_line, read_json_file
+from shared.data import fetch
 from shared.device import get_device
 from shared.gpt2_weights import load_pretrained_gpt2, standin_gpt
 from shared.instruction import (
@@ -47,7 +49,7 @@ STANDIN_LR = 1e-3  # the random stand-in learns almost nothing at 5e-5 in two ep
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Finetune GPT-2 on instruction data and write its responses to the test set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--data",
@@ -56,22 +58,38 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="JSON list of instruction entries (default: the course's 1,100 entries)",
     )
     parser.add_argument(
-        "--max-entries", type=int, default=None, help="use only the first N entries (quick runs)"
+        "--max-entries",
+        type=int,
+        default=None,
+        help="use only the first N entries, for quick runs (default: all)",
     )
-    parser.add_argument("--model-size", default="355M", choices=["124M", "355M", "774M", "1558M"])
     parser.add_argument(
+        "--model-size",
+        default="355M",
+        choices=["124M", "355M", "774M", "1558M"],
+        help="the GPT-2 size to finetune",
+    )
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument(
         "--standin", action="store_true", help="skip GPT-2 and use the small random stand-in model"
     )
-    parser.add_argument("--style", default="alpaca", choices=PROMPT_STYLES)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=8)
+    models.add_argument(
+        "--require-gpt2",
+        action="store_true",
+        help="stop with an error when GPT-2's weights cannot be had, instead of using the stand-in",
+    )
+    parser.add_argument(
+        "--style", default="alpaca", choices=PROMPT_STYLES, help="the prompt format"
+    )
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the training set")
+    parser.add_argument("--batch-size", type=int, default=8, help="entries per batch")
     parser.add_argument(
         "--lr",
         type=float,
         default=None,
-        help=f"learning rate (default {BOOK_LR} for GPT-2, {STANDIN_LR} for the stand-in)",
+        help=f"learning rate (default: {BOOK_LR} for GPT-2, {STANDIN_LR} for the stand-in)",
     )
-    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     parser.add_argument(
         "--allowed-max-length",
         type=int,
@@ -95,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="where to save the finetuned model (default: ch07/<model>-sft.pth)",
     )
-    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--seed", type=int, default=123, help="random seed (weights, order)")
     args = parser.parse_args(argv)
     for name in (
         "max_entries",
@@ -114,39 +132,46 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_data(path: Path | None, max_entries: int | None) -> list[dict]:
-    """The instruction entries, validated, optionally only the first max_entries."""
+    """The instruction entries, validated, optionally only the first max_entries; ValueError
+    naming the file (and the entry) when it is not a list of instruction entries."""
     path = path if path is not None else fetch("instruction-data")
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    data = read_json_file(path)
     if not isinstance(data, list):
         raise ValueError(f"{path} must hold a JSON list of instruction entries")
-    validate_entries(data)
+    try:
+        validate_entries(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return data[:max_entries] if max_entries is not None else data
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    with errors_as_one_line():
+        finetune(args)
+    return 0
+
+
+def finetune(args: argparse.Namespace) -> None:
+    """Data -> finetuned model -> responses file and checkpoint; ValueError for bad input."""
     torch.manual_seed(args.seed)
     device = get_device()
     tokenizer = gpt2_tokenizer()
-
-    try:
-        data = load_data(args.data, args.max_entries)
-    except (OSError, ValueError, DataUnavailableError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    data = load_data(args.data, args.max_entries)
     train_data, val_data, test_data = split_instruction_data(data)
     print(
         f"{len(data)} entries: {len(train_data)} training, {len(val_data)} validation, "
         f"{len(test_data)} test"
     )
     if not (train_data and val_data and test_data):
-        print("error: too few entries for a training, validation and test set", file=sys.stderr)
-        return 2
+        raise ValueError("too few entries for a training, validation and test set")
 
     if args.standin:
         pretrained = standin_gpt(args.seed)
     else:
-        pretrained = load_pretrained_gpt2(args.model_size, seed=args.seed)
+        pretrained = load_pretrained_gpt2(
+            args.model_size, seed=args.seed, allow_standin=not args.require_gpt2
+        )
     model, config, is_standin = pretrained.model, pretrained.config, pretrained.is_standin
     print(f"Model: {pretrained.description}")
     model.to(device)
@@ -167,12 +192,10 @@ def main(argv=None) -> int:
     val_loader = create_instruction_dataloader(val_data, **loader_args)
     test_loader = create_instruction_dataloader(test_data, **loader_args)
     if len(train_loader) == 0:
-        print(
-            f"error: {len(train_data)} training entries make no full batch of "
-            f"{args.batch_size}; use more entries or a smaller --batch-size",
-            file=sys.stderr,
+        raise ValueError(
+            f"{len(train_data)} training entries make no full batch of "
+            f"{args.batch_size}; use more entries or a smaller --batch-size"
         )
-        return 2
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     start = time.time()
@@ -212,7 +235,6 @@ def main(argv=None) -> int:
     checkpoint = args.checkpoint or HERE / f"{name}-sft.pth"
     save_checkpoint(checkpoint, model, config=config, style=args.style)
     print(f"Model saved to {checkpoint}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from shared.cli import HelpFormatter, errors_as_one_line, read_json_file
 from shared.instruction import generate_model_scores, ollama_is_running, ollama_url, token_f1
 
 HERE = Path(__file__).resolve().parent
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Score model responses 0-100 with a judge model served by Ollama.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--responses",
@@ -43,7 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="Ollama's host")
     parser.add_argument("--port", type=int, default=11434, help="Ollama's port")
     parser.add_argument(
-        "--max-entries", type=int, default=None, help="score only the first N entries"
+        "--max-entries",
+        type=int,
+        default=None,
+        help="score only the first N entries (default: all)",
     )
     args = parser.parse_args(argv)
     if args.max_entries is not None and args.max_entries < 1:
@@ -52,10 +55,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_responses(path: Path, json_key: str) -> list[dict]:
-    """The entries of a responses file; ValueError naming the first entry that lacks a field."""
+    """The entries of a responses file; ValueError naming the file, and the first entry that
+    lacks a field."""
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; write it with finetune_instructions.py")
-    data = json.loads(path.read_text(encoding="utf-8"))
+        raise ValueError(f"{path} does not exist; write it with finetune_instructions.py")
+    data = read_json_file(path)
     if not isinstance(data, list):
         raise ValueError(f"{path} must hold a JSON list of entries")
     for index, entry in enumerate(data):
@@ -67,11 +71,8 @@ def load_responses(path: Path, json_key: str) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
+    with errors_as_one_line():
         data = load_responses(args.responses, args.json_key)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     if args.max_entries is not None:
         data = data[: args.max_entries]
 

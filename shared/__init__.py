@@ -2,6 +2,7 @@
 
 shared.device          picking cuda, mps or cpu (all chapters)
 shared.data            downloading, verifying and caching data sets and weights (all chapters)
+shared.cli             the chapter scripts' help with defaults and one-line errors (all chapters)
 shared.tokenizers      regex tokenizers, byte-pair encoding from scratch, GPT-2's tokenizer (ch02)
 shared.dataset         sliding-window dataset and data loader (ch02)
 shared.attention       self-attention up to multi-head attention (ch03)

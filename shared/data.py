@@ -20,6 +20,7 @@ import http.client
 import io
 import os
 import shutil
+import socket
 import tempfile
 import urllib.error
 import urllib.parse
@@ -199,6 +200,8 @@ def describe_error(err: BaseException) -> str:
         text = describe_error(err.reason)
     elif isinstance(err, urllib.error.URLError):
         text = str(err.reason)
+    elif isinstance(err, socket.gaierror):
+        text = f"the server's name cannot be looked up: {err.strerror} (offline?)"
     elif isinstance(err, OSError) and err.strerror:
         text = err.strerror
     else:

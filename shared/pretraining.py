@@ -339,7 +339,7 @@ def _read_checkpoint(path, **load_args) -> dict:
     try:
         checkpoint = torch.load(path, weights_only=True, **load_args)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
+        if "Unsupported global" not in str(err):  # garbage bytes, not a refused object
             raise ValueError(f"{path}: {_UNREADABLE}") from None
         raise ValueError(
             f"{path}: weights only load failed: it holds Python objects that "

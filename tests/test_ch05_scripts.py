@@ -116,7 +116,9 @@ def test_train_reports_bad_data_clearly(tmp_path):
     assert "too few for one window" in main_error(TRAIN, "--data", short, *TINY_ARGS)
     # The same message reaches a user of the command line, without a traceback.
     result = run_script(TRAIN, "--data", short, *TINY_ARGS, check=False)
-    assert result.returncode == 1 and result.stderr.startswith("error: the text has")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: the training text has 4 tokens, too few for one window")
+    assert "--context-length 16" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_generate_from_checkpoint(trained):

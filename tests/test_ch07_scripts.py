@@ -68,7 +68,7 @@ def test_finetune_rejects_a_malformed_entry(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
     result = run("finetune_instructions.py", "--standin", "--data", str(bad))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "entry 1 has no 'output' field" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -117,5 +117,5 @@ def test_score_responses_missing_field(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}]))
     result = run("score_responses.py", "--responses", str(path))
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "entry 0 has no string field 'model_response'" in result.stderr

@@ -19,6 +19,7 @@ import torch
 # The sibling script (its folder is on sys.path when this file runs as a script).
 from benchmark_training import reference_model
 
+from shared.cli import HelpFormatter
 from shared.gpt import GPT2_MODEL_CONFIGS
 from shared.gpt2_weights import load_weights_into_gpt
 from shared.kv_cache import KVCacheGPTModel
@@ -36,10 +37,14 @@ def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="124M", choices=GPT2_MODEL_CONFIGS)
-    parser.add_argument("--prompt-tokens", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=200)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--size", default="124M", choices=GPT2_MODEL_CONFIGS, help="the GPT-2 shape to build"
+    )
+    parser.add_argument("--prompt-tokens", type=int, default=8, help="length of the random prompt")
+    parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per run")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
     args = parser.parse_args(argv)
 

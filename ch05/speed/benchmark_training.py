@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from shared.cli import HelpFormatter
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.speed import make_adamw
 
@@ -165,16 +166,24 @@ def time_training(variant: Variant, cfg: dict, args, device: torch.device) -> fl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="124M", choices=GPT2_MODEL_CONFIGS)
-    parser.add_argument("--context", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
+    )
+    parser.add_argument(
+        "--size", default="124M", choices=GPT2_MODEL_CONFIGS, help="the GPT-2 shape to build"
+    )
+    parser.add_argument("--context", type=int, default=256, help="tokens per sequence")
+    parser.add_argument("--batch-size", type=int, default=2, help="sequences per step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     parser.add_argument(
-        "--only", nargs="*", help="run only variants whose name contains one of these words"
+        "--matmul-size", type=int, default=2048, help="n of the n x n matmuls timing the peak"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="run only variants whose name contains one of these words (default: all variants)",
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
