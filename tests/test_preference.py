@@ -1,5 +1,5 @@
 """Tests of shared.preference (DPO): data, batching and masking, log-probabilities, the loss,
-and the training loop."""
+the training loop, and agreement with the notebook ch07/dpo.ipynb."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from shared.preference import (
     train_model_dpo,
 )
 from shared.tokenizers import gpt2_tokenizer
+from tests.notebook_code import notebook_definitions
 
 TINY_CONFIG = {
     "vocab_size": 50257,
@@ -241,3 +242,38 @@ def test_training_refuses_a_reference_that_is_the_policy(tokenizer):
     optimizer = torch.optim.AdamW(policy.parameters())
     with pytest.raises(ValueError, match="shares parameters with the policy"):
         train_model_dpo(policy, policy, loader, loader, optimizer, "cpu", num_epochs=1)
+
+
+# --- the notebook teaches the same code -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    return notebook_definitions("ch07/dpo.ipynb")
+
+
+def test_notebook_dataset_and_collate_match(notebook, tokenizer):
+    ours = notebook["PreferenceDataset"](ENTRIES, tokenizer)
+    theirs = PreferenceDataset(ENTRIES, tokenizer)
+    assert [ours[i] for i in range(3)] == [theirs[i] for i in range(3)]
+    for kwargs in ({}, {"allowed_max_length": 60}):
+        got = notebook["preference_collate_fn"]([ours[0], ours[1], ours[2]], **kwargs)
+        want = preference_collate_fn([theirs[0], theirs[1], theirs[2]], **kwargs)
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_notebook_logprob_and_loss_match(notebook):
+    torch.manual_seed(2)
+    logits = torch.randn(3, 6, 11)
+    targets = torch.randint(0, 11, (3, 6))
+    targets[:, :2] = -100
+    for reduction in ("sum", "mean"):
+        torch.testing.assert_close(
+            notebook["sequence_logprob"](logits, targets, reduction=reduction),
+            sequence_logprob(logits, targets, reduction=reduction),
+        )
+    logprobs = [torch.randn(4) for _ in range(4)]
+    for got, want in zip(
+        notebook["dpo_loss"](*logprobs, beta=0.3), dpo_loss(*logprobs, beta=0.3), strict=True
+    ):
+        torch.testing.assert_close(got, want)
