@@ -44,21 +44,25 @@ def _check_style(style: str) -> None:
         raise ValueError(f"unknown prompt style {style!r}; choose one of {PROMPT_STYLES}")
 
 
-def validate_entry(entry: object, index: int) -> None:
+def validate_entry(
+    entry: object, index: int, required: Sequence[str] = ("instruction", "output")
+) -> None:
     """Raise ValueError naming the entry's index and the field unless ``entry`` is well formed.
 
-    Well formed: a dict whose ``instruction`` and ``output`` are strings and whose ``input``, if
-    present, is a string.
+    Well formed: a dict whose ``required`` fields (by default ``instruction`` and ``output``)
+    are strings and whose ``input``, if present, is a string.
     """
     if not isinstance(entry, dict):
+        first, *rest = (repr(field) for field in required)
+        fields = [first, "'input' (optional)", *rest]
         raise ValueError(
             f"entry {index} is a {type(entry).__name__}, expected a dict with the fields "
-            "'instruction', 'input' (optional) and 'output'"
+            f"{', '.join(fields[:-1])} and {fields[-1]}"
         )
-    for field in ("instruction", "output"):
+    for field in required:
         if field not in entry:
             raise ValueError(f"entry {index} has no {field!r} field")
-    for field in ("instruction", "input", "output"):
+    for field in ("input", *required):
         if field in entry and not isinstance(entry[field], str):
             raise ValueError(
                 f"entry {index}: field {field!r} is a {type(entry[field]).__name__}, "
@@ -66,10 +70,12 @@ def validate_entry(entry: object, index: int) -> None:
             )
 
 
-def validate_entries(data: Sequence[dict]) -> None:
+def validate_entries(
+    data: Sequence[dict], required: Sequence[str] = ("instruction", "output")
+) -> None:
     """Check every entry with validate_entry; the first malformed one raises ValueError."""
     for index, entry in enumerate(data):
-        validate_entry(entry, index)
+        validate_entry(entry, index, required)
 
 
 def format_input(entry: dict, style: str = "alpaca") -> str:

@@ -34,38 +34,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from shared.data import fetch
-from shared.instruction import END_OF_TEXT_ID, custom_collate_fn, format_prompt
+from shared.instruction import (
+    END_OF_TEXT_ID,
+    custom_collate_fn,
+    format_prompt,
+    validate_entries,
+)
 
 PREFERENCE_FIELDS = ("instruction", "chosen", "rejected")  # required; "input" is optional
 REDUCTIONS = ("sum", "mean")
 
 
-def validate_preference_entry(entry: object, index: int) -> None:
-    """Raise ValueError naming the entry's index and field unless ``entry`` is well formed.
-
-    Well formed: a dict whose ``instruction``, ``chosen`` and ``rejected`` are strings and whose
-    ``input``, if present, is a string.
-    """
-    if not isinstance(entry, dict):
-        raise ValueError(
-            f"entry {index} is a {type(entry).__name__}, expected a dict with the fields "
-            "'instruction', 'input' (optional), 'chosen' and 'rejected'"
-        )
-    for name in PREFERENCE_FIELDS:
-        if name not in entry:
-            raise ValueError(f"entry {index} has no {name!r} field")
-    for name in ("input", *PREFERENCE_FIELDS):
-        if name in entry and not isinstance(entry[name], str):
-            raise ValueError(
-                f"entry {index}: field {name!r} is a {type(entry[name]).__name__}, "
-                "expected a string"
-            )
-
-
 def validate_preference_entries(data: Sequence[dict]) -> None:
-    """Check every entry with validate_preference_entry; the first bad one raises ValueError."""
-    for index, entry in enumerate(data):
-        validate_preference_entry(entry, index)
+    """Check every entry (shared.instruction.validate_entry with the fields ``instruction``,
+    ``chosen`` and ``rejected``); the first bad one raises ValueError naming index and field."""
+    validate_entries(data, required=PREFERENCE_FIELDS)
 
 
 def load_preference_data(path: str | Path | None = None) -> list[dict]:
