@@ -35,6 +35,7 @@ BUILTIN_REQUIREMENTS = [
     "nbval>=0.11",
     "tqdm>=4.66",
     "safetensors>=0.4",
+    "tokenizers>=0.19",
 ]
 
 
