@@ -6,8 +6,36 @@ notebook kernels that nbval starts inherit this environment. A learner running a
 hand does not have it set and gets real GPT-2.
 """
 
+import json
 import os
+import time
 
 from shared.gpt2_weights import STANDIN_ENV
 
 os.environ[STANDIN_ENV] = "1"
+
+
+# The durations report: every test's time (setup, call and teardown together) is written to
+# test-durations.json when the run ends, and tests/time_budget.py adds the times up per notebook
+# against the course guide's budgets. .ci/run sets LLM_COURSE_RUN_STARTED (epoch seconds) to have
+# the report printed here, with the whole run's time, before pytest's closing line. A report,
+# not a test: nothing fails on time.
+DURATIONS_FILE = os.environ.get("LLM_COURSE_DURATIONS", "test-durations.json")
+_durations: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _durations:
+        return
+    with open(DURATIONS_FILE, "w", encoding="utf-8") as file:
+        json.dump(_durations, file, indent=0)
+    started = os.environ.get("LLM_COURSE_RUN_STARTED")
+    if started:
+        from tests.time_budget import report
+
+        terminalreporter.section("where the time went (tests/time_budget.py)")
+        terminalreporter.write_line(report(_durations, total_s=time.time() - float(started)))
