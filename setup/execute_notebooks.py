@@ -5,7 +5,10 @@
 
 Each notebook runs in its own folder with the environment of the test suite (the GPT-2 stand-in
 switch of conftest.py), and is saved without run-specific metadata (per-cell execution
-timestamps), so that saving a rerun with the same outputs changes nothing in git.
+timestamps), so that saving a rerun with the same outputs changes nothing in git. Progress bars
+are saved as they end: a cell's stderr is kept as one output holding what the bars left on
+screen (each "\r" redraw replaces the line, one final line per loop), which is also exactly what
+nbval compares; the evaluations printed on stdout are kept as they came.
 Committed notebooks are executed with this script; tests/test_notebook_hygiene.py checks them.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,12 +26,56 @@ from pathlib import Path
 RUN_SPECIFIC_CELL_KEYS = ("execution", "ExecuteTime", "collapsed", "scrolled")
 
 
+# A line's text up to a carriage return that is not a line end: a progress bar redrawing itself.
+REDRAWN_TEXT = re.compile(r"[^\n]*\r(?!\n)")
+
+
+def final_screen_text(text: str) -> str:
+    """What a terminal shows of text after its "\r" redraws: the last state of each line."""
+    return REDRAWN_TEXT.sub("", text)
+
+
+def collapse_progress(outputs: list[dict]) -> list[dict]:
+    """One stderr output per cell, holding what its progress bars left; stdout kept in order.
+
+    The stderr output takes the place of the cell's last stderr output; consecutive stdout
+    outputs that the bars had split are joined again.
+    """
+    stderr = [o for o in outputs if o["output_type"] == "stream" and o["name"] == "stderr"]
+    if not stderr:
+        return outputs
+    last = max(i for i, o in enumerate(outputs) if o in stderr)
+    merged_text = final_screen_text("".join("".join(o["text"]) for o in stderr))
+    collapsed: list[dict] = []
+    for i, output in enumerate(outputs):
+        if output in stderr:
+            if i == last:  # kept even when empty: nbval compares the stderr key too
+                collapsed.append({"name": "stderr", "output_type": "stream", "text": merged_text})
+            continue
+        previous = collapsed[-1] if collapsed else None
+        if (
+            previous is not None
+            and output["output_type"] == "stream"
+            and previous["output_type"] == "stream"
+            and previous["name"] == output["name"]
+        ):
+            previous["text"] = "".join(previous["text"]) + "".join(output["text"])
+        else:
+            collapsed.append(output)
+    for output in collapsed:
+        if output["output_type"] == "stream" and isinstance(output["text"], str):
+            output["text"] = output["text"].splitlines(keepends=True)
+    return collapsed
+
+
 def clean_notebook(nb: dict) -> dict:
-    """Drop run-specific cell metadata and widget state; return nb (changed in place)."""
+    """Drop run-specific metadata and widget state, collapse progress bars; return nb (in place)."""
     nb["metadata"].pop("widgets", None)
     for cell in nb["cells"]:
         for key in RUN_SPECIFIC_CELL_KEYS:
             cell.get("metadata", {}).pop(key, None)
+        if cell["cell_type"] == "code":
+            cell["outputs"] = collapse_progress(cell["outputs"])
     return nb
 
 
@@ -57,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path, help="notebook files (.ipynb)")
     parser.add_argument(
-        "--clean-only", action="store_true", help="only strip run-specific metadata"
+        "--clean-only",
+        action="store_true",
+        help="only strip run-specific metadata and collapse progress bars",
     )
     parser.add_argument(
         "--timeout", type=int, default=1800, help="seconds allowed per cell (default: 1800)"

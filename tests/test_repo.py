@@ -179,6 +179,18 @@ def test_notebook_has_no_run_specific_metadata(notebook):
     assert found == [], "save it with: python setup/execute_notebooks.py --clean-only NOTEBOOK"
 
 
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=ids(NOTEBOOKS))
+def test_progress_bars_are_saved_as_they_end(notebook):
+    crowded = []
+    for index, cell in enumerate(load(notebook)["cells"]):
+        streams = [o for o in cell.get("outputs", []) if o["output_type"] == "stream"]
+        stderr = [o for o in streams if o["name"] == "stderr"]
+        redrawn = any("\r" in "".join(o["text"]).replace("\r\n", "") for o in streams)
+        if len(stderr) > 1 or redrawn:
+            crowded.append(index)
+    assert crowded == [], "save it with: python setup/execute_notebooks.py --clean-only NOTEBOOK"
+
+
 def course_documents() -> list[Path]:
     """The notebooks and the Markdown and Python files that a learner reads."""
     docs = [
