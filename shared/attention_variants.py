@@ -4,8 +4,8 @@
 - MultiHeadLatentAttention: keys and values come from one small latent vector per token, and the
   latent is what gets cached.
 - SlidingWindowAttention: each token sees only the most recent positions (fewer positions cached).
-- MoEFeedForward: a router sends each token to top_k of num_experts feed-forward networks (more
-  parameters, the same compute per token).
+- MoEFeedForward: a router sends each token to top_k of num_experts feed-forward networks (the
+  parameters grow with num_experts, the compute per token with top_k and the experts' width).
 
 The three attention classes take MultiHeadAttention's arguments plus their own, so they can
 replace `block.att` in a GPTModel; MoEFeedForward can replace `block.ff`. Each attention class
