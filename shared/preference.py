@@ -370,6 +370,11 @@ def train_model_dpo(
     frozen_copy). Every eval_freq optimizer steps (starting with the first) both loaders are
     evaluated on eval_iter batches (evaluate_dpo) and the losses and reward margins printed.
     A tqdm bar counts the steps. Returns the DPOHistory.
+
+    reduction (see sequence_logprob): "sum", the default, scores a response by the sum of its
+    tokens' log-probabilities, log p(y | x) as in the DPO paper; "mean" by their per-token
+    average, as the book's DPO notebook does. The sum is the average times the number of scored
+    tokens, so at the same beta it gives larger rewards and a stronger loss.
     """
     if eval_freq < 1 or eval_iter < 1:
         raise ValueError(f"eval_freq ({eval_freq}) and eval_iter ({eval_iter}) must be >= 1")
