@@ -41,15 +41,16 @@ def collapse_progress(outputs: list[dict]) -> list[dict]:
     The stderr output takes the place of the cell's last stderr output; consecutive stdout
     outputs that the bars had split are joined again.
     """
-    stderr = [o for o in outputs if o["output_type"] == "stream" and o["name"] == "stderr"]
-    if not stderr:
+    stderr_at = [
+        i for i, o in enumerate(outputs) if o["output_type"] == "stream" and o["name"] == "stderr"
+    ]
+    if not stderr_at:
         return outputs
-    last = max(i for i, o in enumerate(outputs) if o in stderr)
-    merged_text = final_screen_text("".join("".join(o["text"]) for o in stderr))
+    merged_text = final_screen_text("".join("".join(outputs[i]["text"]) for i in stderr_at))
     collapsed: list[dict] = []
     for i, output in enumerate(outputs):
-        if output in stderr:
-            if i == last:  # kept even when empty: nbval compares the stderr key too
+        if i in stderr_at:
+            if i == stderr_at[-1]:  # kept even when empty: nbval compares the stderr key too
                 collapsed.append({"name": "stderr", "output_type": "stream", "text": merged_text})
             continue
         previous = collapsed[-1] if collapsed else None
