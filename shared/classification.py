@@ -14,6 +14,7 @@ book's names; tests check that both behave identically.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -113,6 +114,8 @@ def prepare_spam_splits(out_dir: str | Path, seed: int = 123) -> tuple[Path, Pat
 
     Writes train.csv, validation.csv and test.csv (columns Label, Text) into ``out_dir`` and
     returns their paths. With the UCI data and the default seed: 1,045 / 149 / 300 messages.
+    Each file is written to a temporary name and renamed into place, so a reader (another
+    notebook using the same folder) never sees a half-written file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +123,12 @@ def prepare_spam_splits(out_dir: str | Path, seed: int = 123) -> tuple[Path, Pat
     balanced["Label"] = balanced["Label"].map(LABELS)
     paths = tuple(out_dir / f"{name}.csv" for name in ("train", "validation", "test"))
     for part, path in zip(random_split(balanced, *SPLIT_FRACTIONS, seed=seed), paths, strict=True):
-        part.to_csv(path, index=None)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            part.to_csv(tmp, index=None)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return paths
 
 

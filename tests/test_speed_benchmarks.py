@@ -16,16 +16,55 @@ def test_training_benchmark_prints_a_row_per_variant():
     result = run_script(
         SPEED / "benchmark_training.py",
         *("--only", "course, plain", "--context", "8", "--batch-size", "1"),
-        *("--steps", "1", "--warmup", "0", "--matmul-size", "64"),
+        *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
     )
     lines = result.stdout.splitlines()
     assert any(line.startswith("Measured matmul peak: fp32") for line in lines)
-    rows = [line.rsplit(maxsplit=4) for line in lines if line.startswith("course, plain")]
-    assert [row[0] for row in rows] == ["course, plain", "course, plain, bf16"]
-    for _, step_ms, tokens_per_s, vs_ref, of_peak in rows:
+    assert any(line.startswith("load average after: ") for line in lines)
+    rows = [line.rsplit(maxsplit=5) for line in lines if line.startswith("course, plain")]
+    assert [row[0] for row in rows] == [
+        "course, plain, tied",
+        "course, plain, untied",
+        "course, plain, tied, bf16",
+        "course, plain, untied, bf16",
+    ]
+    for _, step_ms, tokens_per_s, vs_hf, vs_nano, of_peak in rows:
         assert float(step_ms.removesuffix("ms")) > 0 and float(tokens_per_s.replace(",", "")) > 0
-        assert vs_ref == "nanx"  # the reference was not selected
+        assert vs_hf == vs_nano == "nanx"  # the yardsticks were not selected
         assert of_peak.endswith("%")
+
+
+def test_training_benchmark_compares_with_both_yardsticks():
+    result = run_script(
+        SPEED / "benchmark_training.py",
+        *("--only", "f.AdamW, tied", "--precision", "fp32", "--context", "4", "--batch-size", "1"),
+        *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
+    )
+    rows = {
+        row[0]: row[3:5]
+        for row in (line.rsplit(maxsplit=5) for line in result.stdout.splitlines())
+        if len(row) == 6 and row[0].endswith("f.AdamW, tied")
+    }
+    assert set(rows) == {
+        "course, fused + f.AdamW, tied",
+        "transformers + f.AdamW, tied",
+        "nanoGPT-style + f.AdamW, tied",
+    }
+    assert rows["transformers + f.AdamW, tied"][0] == "1.00x"
+    assert rows["nanoGPT-style + f.AdamW, tied"][1] == "1.00x"
+    assert all(
+        float(ratio.removesuffix("x")) > 0 for ratio in rows["course, fused + f.AdamW, tied"]
+    )
+
+
+def test_training_benchmark_profiles_one_step():
+    result = run_script(
+        SPEED / "benchmark_training.py",
+        *("--profile", "--only", "course, fused + f.AdamW, tied", "--context", "8"),
+        *("--batch-size", "1", "--warmup", "0"),
+    )
+    assert "course, fused + f.AdamW, tied: one training step" in result.stdout
+    assert "aten::" in result.stdout  # the profiler's operator table
 
 
 def test_generation_benchmark_agrees_on_tokens():

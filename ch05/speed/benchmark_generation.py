@@ -17,7 +17,7 @@ import time
 import torch
 
 # The sibling script (its folder is on sys.path when this file runs as a script).
-from benchmark_training import reference_model
+from benchmark_training import transformers_model
 
 from shared.cli import HelpFormatter
 from shared.gpt import GPT2_MODEL_CONFIGS
@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     cfg = GPT2_MODEL_CONFIGS[args.size]
-    reference = reference_model(cfg).eval()
+    torch.manual_seed(123)
+    reference = transformers_model(cfg, tied=True).eval()  # GPT-2 ties its output layer
     params = reference.state_dict()  # transformers' key layout, loaded as GPT-2 weights are
     course = {}
     for fused in (False, True):

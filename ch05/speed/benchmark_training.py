@@ -1,18 +1,24 @@
-"""Training throughput of the course's GPT, its fast options, and a reference, side by side.
+"""Training throughput of the course's GPT, its fast options, and two yardsticks, side by side.
 
 Measures, in one run on this machine: the matmul peak (fp32 and bf16), then tokens per second
 and utilisation (model FLOPs per second over the measured peak of the same precision) of a
 training step (forward, loss, backward, AdamW step) for each variant:
 
-- the course's GPTModel on its plain path, and with each speed option;
-- transformers' GPT2LMHeadModel of the same shape, the reference (benchmark-only dependency).
+- the course's GPTModel on its plain path (what the chapters teach), and with each speed option;
+- transformers' GPT2LMHeadModel of the same shape (benchmark-only dependency);
+- a nanoGPT-style GPT-2 written below (the shape of nanoGPT's model.py: one stacked QKV
+  projection, scaled_dot_product_attention with is_causal, torch.nn's LayerNorm and GELU),
+  trained with AdamW's fused kernel, as nanoGPT trains it.
 
-Each variant runs with the book's AdamW or with AdamW's fused kernel; "vs ref" compares it with
-the reference at the same precision and with the same optimizer.
-
-Both models tie the output layer to the token embedding here, so they have the same parameters.
+Each model is timed with its output layer tied to the token embedding (GPT-2's 124M parameters)
+and untied (the course's chapter model: 163M parameters, more to update), and compared like with
+like: "vs HF" against transformers with the same tying, precision and optimizer, "vs nano"
+against the nanoGPT-style model with the same tying and precision (fused AdamW rows only).
+The variants are timed in interleaved rounds (each round builds every variant afresh and times
+it), so a machine that slows down or speeds up during the run affects them all alike.
 
     python ch05/speed/benchmark_training.py                 # GPT-2 124M shape, context 256, batch 2
+    python ch05/speed/benchmark_training.py --profile --only "course, fused + f.AdamW, tied"
     python ch05/speed/benchmark_training.py --device cuda --context 1024 --batch-size 8
 """
 
@@ -20,48 +26,61 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import os
+import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from shared.cli import HelpFormatter
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.speed import make_adamw
 
+COURSE, TRANSFORMERS, NANO = "course", "transformers", "nanoGPT-style"
+
 
 @dataclass(frozen=True)
 class Variant:
     name: str
-    reference: bool = False  # transformers' GPT2LMHeadModel instead of the course's GPTModel
-    fused: bool = False  # fused kernels: attention (QKV + SDPA), layer norm, GELU
-    bf16: bool = False  # bf16 autocast
+    model: str = COURSE  # COURSE, TRANSFORMERS or NANO
+    tied: bool = True  # output layer tied to the token embedding
+    fused: bool = False  # the course's fused kernels: attention (QKV + SDPA), layer norm, GELU
+    fused_adamw: bool = False  # AdamW's fused kernel (shared.speed.make_adamw), not the book's
     compile: bool = False  # torch.compile
-    # AdamW's fused kernel (shared.speed.make_adamw) instead of the book's torch.optim.AdamW
-    fused_adamw: bool = False
+    bf16: bool = False  # bf16 autocast
 
 
-VARIANTS = [
-    Variant("course, plain"),
-    Variant("course, fused kernels", fused=True),
-    Variant("reference (transformers)", reference=True),
-    Variant("course, fused + fused AdamW", fused=True, fused_adamw=True),
-    Variant("course, fused + f.AdamW + compile", fused=True, fused_adamw=True, compile=True),
-    Variant("reference + fused AdamW", reference=True, fused_adamw=True),
-    Variant("course, plain, bf16", bf16=True),
-    Variant("course, fused, bf16", fused=True, bf16=True),
-    Variant("reference, bf16", reference=True, bf16=True),
-    Variant("course, fused + f.AdamW, bf16", fused=True, fused_adamw=True, bf16=True),
-    Variant(
-        "course, fused + f.AdamW + compile, bf16",
-        fused=True,
-        fused_adamw=True,
-        bf16=True,
-        compile=True,
-    ),
-    Variant("reference + fused AdamW, bf16", reference=True, fused_adamw=True, bf16=True),
-]
+def variants(with_compile: bool, precisions: str = "both") -> list[Variant]:
+    """Every variant in fp32, then the same under bf16 autocast (precisions: fp32, bf16, both)."""
+    fp32 = []
+    for tied in (True, False):
+        tie = "tied" if tied else "untied"
+        fp32 += [
+            Variant(f"course, plain, {tie}", tied=tied),
+            Variant(f"course, fused kernels, {tie}", tied=tied, fused=True),
+            Variant(f"course, fused + f.AdamW, {tie}", tied=tied, fused=True, fused_adamw=True),
+        ]
+        if with_compile:
+            fp32.append(
+                Variant(
+                    f"course, fused + f.AdamW + compile, {tie}",
+                    tied=tied,
+                    fused=True,
+                    fused_adamw=True,
+                    compile=True,
+                )
+            )
+        fp32 += [
+            Variant(f"transformers, {tie}", TRANSFORMERS, tied=tied),
+            Variant(f"transformers + f.AdamW, {tie}", TRANSFORMERS, tied=tied, fused_adamw=True),
+            Variant(f"nanoGPT-style + f.AdamW, {tie}", NANO, tied=tied, fused_adamw=True),
+        ]
+    bf16 = [replace(v, name=f"{v.name}, bf16", bf16=True) for v in fp32]
+    return {"fp32": fp32, "bf16": bf16, "both": fp32 + bf16}[precisions]
 
 
 def synchronize(device: torch.device) -> None:
@@ -95,11 +114,60 @@ def training_flops_per_token(cfg: dict, context: int) -> float:
     return 6 * matmul_weights + 12 * layers * context * d
 
 
-def reference_model(cfg: dict) -> torch.nn.Module:
-    """transformers' GPT2LMHeadModel of cfg's shape, without dropout, seeded random weights."""
+class NanoStyleBlock(nn.Module):
+    """One pre-norm transformer block as nanoGPT writes it: the query, key and value as one
+    (d, 3d) projection, causal scaled_dot_product_attention, torch.nn's LayerNorm and GELU.
+
+    forward: x (b, n, d) -> (b, n, d)
+    """
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln_attn, self.ln_mlp = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.attn_out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(
+            nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Linear(4 * d, d)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        # (b, n, 3d) -> three (b, heads, n, d_head) views
+        q, k, v = self.qkv(self.ln_attn(x)).view(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.attn_out(context.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class NanoStyleGPT(nn.Module):
+    """A GPT-2 in nanoGPT's shape (biases everywhere, as GPT-2's checkpoints have them).
+
+    forward: token ids (b, n) -> logits (b, n, vocab_size)
+    """
+
+    def __init__(self, cfg: dict, tied: bool):
+        super().__init__()
+        d = cfg["emb_dim"]
+        self.tok_emb = nn.Embedding(cfg["vocab_size"], d)
+        self.pos_emb = nn.Embedding(cfg["context_length"], d)
+        self.blocks = nn.Sequential(
+            *(NanoStyleBlock(d, cfg["n_heads"]) for _ in range(cfg["n_layers"]))
+        )
+        self.ln_final = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, cfg["vocab_size"], bias=False)
+        if tied:
+            self.lm_head.weight = self.tok_emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = self.blocks(self.tok_emb(ids) + self.pos_emb(positions))
+        return self.lm_head(self.ln_final(x))
+
+
+def transformers_model(cfg: dict, tied: bool) -> nn.Module:
+    """transformers' GPT2LMHeadModel of cfg's shape, without dropout or a cache."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(123)
     config = GPT2Config(
         vocab_size=cfg["vocab_size"],
         n_positions=cfg["context_length"],
@@ -109,27 +177,39 @@ def reference_model(cfg: dict) -> torch.nn.Module:
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        tie_word_embeddings=tied,
+        use_cache=False,
     )
     return GPT2LMHeadModel(config)
 
 
-def build_model(variant: Variant, cfg: dict, device: torch.device) -> torch.nn.Module:
-    if variant.reference:
-        model = reference_model(cfg).to(device)
-        model.config.use_cache = False
-        return model
+class LogitsOf(nn.Module):
+    """Wraps a transformers model so that model(ids) returns the logits tensor."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids).logits
+
+
+def build_model(variant: Variant, cfg: dict, device: torch.device) -> nn.Module:
+    """The variant's model with seeded random weights; call it with token ids, get logits."""
     torch.manual_seed(123)
+    if variant.model == TRANSFORMERS:
+        hf = transformers_model(cfg, variant.tied).to(device)
+        return LogitsOf(hf)
+    if variant.model == NANO:
+        return NanoStyleGPT(cfg, variant.tied).to(device)
     model = GPTModel({**cfg, "fused_kernels": variant.fused}).to(device)
-    model.out_head.weight = model.tok_emb.weight  # tied, like the reference
+    if variant.tied:
+        model.out_head.weight = model.tok_emb.weight
     return model
 
 
-def logits_of(model: torch.nn.Module, ids: torch.Tensor, reference: bool) -> torch.Tensor:
-    return model(input_ids=ids).logits if reference else model(ids)
-
-
-def time_training(variant: Variant, cfg: dict, args, device: torch.device) -> float:
-    """Seconds per training step, the median of args.steps timed steps after warm-up."""
+def training_step(variant: Variant, cfg: dict, args, device: torch.device):
+    """A fresh model of the variant and a function that runs one training step on it."""
     model = build_model(variant, cfg, device)
     model.train()
     step_model = torch.compile(model) if variant.compile else model
@@ -137,8 +217,11 @@ def time_training(variant: Variant, cfg: dict, args, device: torch.device) -> fl
         optimizer = make_adamw(model.parameters(), lr=4e-4, weight_decay=0.1)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
-    ids = torch.randint(0, cfg["vocab_size"], (args.batch_size, args.context + 1), device=device)
-    inputs, targets = ids[:, :-1], ids[:, 1:]
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(
+        0, cfg["vocab_size"], (args.batch_size, args.context + 1), generator=generator
+    )
+    inputs, targets = ids[:, :-1].to(device), ids[:, 1:].to(device)
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if variant.bf16
@@ -148,11 +231,17 @@ def time_training(variant: Variant, cfg: dict, args, device: torch.device) -> fl
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            logits = logits_of(step_model, inputs, variant.reference)
+            logits = step_model(inputs)
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def time_steps(variant: Variant, cfg: dict, args, device: torch.device) -> list[float]:
+    """Seconds of each of args.steps timed steps of a fresh model, after args.warmup untimed."""
+    step = training_step(variant, cfg, args, device)
     for _ in range(args.warmup):
         step()
     times = []
@@ -162,7 +251,46 @@ def time_training(variant: Variant, cfg: dict, args, device: torch.device) -> fl
         step()
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    del step
+    gc.collect()
+    return times
+
+
+def profile_step(variant: Variant, cfg: dict, args, device: torch.device, rows: int = 15) -> str:
+    """torch.profiler's table of one training step (after warm-up), by self time per operator."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step = training_step(variant, cfg, args, device)
+    for _ in range(max(1, args.warmup)):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
+
+
+def yardstick(
+    chosen: list[Variant], v: Variant, model: str, results: dict[Variant, float]
+) -> float:
+    """How many times faster v is than the yardstick `model` with v's tying and precision, and
+    v's optimizer (the nanoGPT-style rows use fused AdamW, so only fused AdamW rows compare with
+    them); nan where that row was not run."""
+    if model == NANO and not v.fused_adamw:
+        return float("nan")
+    for r in chosen:
+        same = (r.model, r.tied, r.bf16, r.fused_adamw) == (model, v.tied, v.bf16, v.fused_adamw)
+        if same and not r.compile:
+            return results[r] / results[v]
+    return float("nan")
+
+
+def load_average() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not on every platform
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,8 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--context", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--batch-size", type=int, default=2, help="sequences per step")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first, each round")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     parser.add_argument(
         "--matmul-size", type=int, default=2048, help="n of the n x n matmuls timing the peak"
@@ -185,6 +314,17 @@ def main(argv: list[str] | None = None) -> None:
         nargs="*",
         help="run only variants whose name contains one of these words (default: all variants)",
     )
+    parser.add_argument(
+        "--precision", default="both", choices=("fp32", "bf16", "both"), help="which rows to run"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="add the torch.compile variants (minutes each)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing, print torch.profiler's table of one step of each chosen variant",
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -192,45 +332,61 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     cfg = {**GPT2_MODEL_CONFIGS[args.size], "context_length": args.context, "drop_rate": 0.0}
-    fp32_dtype = torch.float32
+    chosen = [
+        v
+        for v in variants(args.compile, args.precision)
+        if not args.only or any(word in v.name for word in args.only)
+    ]
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
+    print(f"load average before: {load_average()}")
+    if args.profile:
+        for v in chosen:
+            print(f"\n{v.name}: one training step\n{profile_step(v, cfg, args, device)}")
+        return
+
     peaks = {
-        False: matmul_peak(fp32_dtype, device, args.matmul_size),
+        False: matmul_peak(torch.float32, device, args.matmul_size),
         True: matmul_peak(torch.bfloat16, device, args.matmul_size),
     }
     flops_per_token = training_flops_per_token(cfg, args.context)
     tokens_per_step = args.batch_size * args.context
-
-    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     print(
         f"GPT-2 {args.size} shape, context {args.context}, batch {args.batch_size}; "
-        f"{flops_per_token / 1e9:.2f} GFLOP per training token"
+        f"{flops_per_token / 1e9:.2f} GFLOP per training token (tied or not: the output layer "
+        "is one product either way)"
     )
     print(
-        f"Measured matmul peak: fp32 {peaks[False] / 1e9:,.0f} GFLOP/s, bf16 {peaks[True] / 1e9:,.0f} GFLOP/s"
+        f"Measured matmul peak: fp32 {peaks[False] / 1e9:,.0f} GFLOP/s, "
+        f"bf16 {peaks[True] / 1e9:,.0f} GFLOP/s"
     )
+    print(
+        f"Median of {args.rounds} interleaved rounds x {args.steps} steps "
+        f"(after {args.warmup} warm-up per round)"
+    )
+    times: dict[Variant, list[float]] = {v: [] for v in chosen}
+    for _ in range(args.rounds):
+        for v in chosen:
+            times[v] += time_steps(v, cfg, args, device)
+    results = {v: statistics.median(t) for v, t in times.items()}
+
     print()
-    header = f"{'variant':40s} {'step':>9s} {'tokens/s':>10s} {'vs ref':>7s} {'of peak':>8s}"
+    header = (
+        f"{'variant':44s} {'step':>8s} {'tokens/s':>9s} {'vs HF':>6s} {'vs nano':>7s} "
+        f"{'of peak':>7s}"
+    )
     print(header)
     print("-" * len(header))
-    variants = [v for v in VARIANTS if not args.only or any(word in v.name for word in args.only)]
-    results = {v: time_training(v, cfg, args, device) for v in variants}
-    for v in variants:
+    for v in chosen:
         seconds = results[v]
         tokens_per_s = tokens_per_step / seconds
-        reference = next(
-            (
-                r
-                for r in variants
-                if r.reference and (r.bf16, r.fused_adamw) == (v.bf16, v.fused_adamw)
-            ),
-            None,
-        )
-        ratio = results[reference] / seconds if reference in results else float("nan")
         utilisation = tokens_per_s * flops_per_token / peaks[v.bf16]
+        vs_hf = yardstick(chosen, v, TRANSFORMERS, results)
+        vs_nano = yardstick(chosen, v, NANO, results)
         print(
-            f"{v.name:40s} {seconds * 1e3:7.0f}ms {tokens_per_s:10,.0f} {ratio:6.2f}x "
-            f"{utilisation:7.1%}"
+            f"{v.name:44s} {seconds * 1e3:6.0f}ms {tokens_per_s:9,.0f} {vs_hf:5.2f}x "
+            f"{vs_nano:6.2f}x {utilisation:7.1%}"
         )
+    print(f"\nload average after: {load_average()}")
 
 
 if __name__ == "__main__":
