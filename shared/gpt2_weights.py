@@ -214,6 +214,38 @@ def load_weights_into_gpt(gpt: GPTModel, params: dict[str, torch.Tensor]) -> Non
     _copy(gpt.out_head.weight, head, name, gpt.out_head.weight.shape)
 
 
+def gpt2_layout_tensors(gpt: GPTModel) -> dict[str, torch.Tensor]:
+    """gpt's weights under GPT-2's names and in its layout: load_weights_into_gpt in reverse.
+
+    Linear weights become Conv1D's (d_in, d_out); the query, key and value weights and biases are
+    joined side by side into c_attn; the output head is left out (GPT-2 ties it to wte). Needs a
+    GPTModel with qkv_bias=True. Returns detached, contiguous CPU tensors, ready for
+    safetensors' save_file; ch05.ipynb writes the stand-in in GPT-2's format with it.
+    """
+    if gpt.trf_blocks[0].att.W_query.bias is None:
+        raise ValueError("GPT-2 has query/key/value biases: build the GPTModel with qkv_bias=True")
+    tensors = {"wte.weight": gpt.tok_emb.weight, "wpe.weight": gpt.pos_emb.weight}
+
+    def put_linear(name: str, layer: torch.nn.Linear) -> None:
+        tensors[f"{name}.weight"], tensors[f"{name}.bias"] = layer.weight.T, layer.bias
+
+    def put_norm(name: str, norm) -> None:
+        tensors[f"{name}.weight"], tensors[f"{name}.bias"] = norm.scale, norm.shift
+
+    for i, block in enumerate(gpt.trf_blocks):
+        att, prefix = block.att, f"h.{i}."
+        projections = (att.W_query, att.W_key, att.W_value)
+        put_norm(prefix + "ln_1", block.norm1)
+        tensors[prefix + "attn.c_attn.weight"] = torch.cat([p.weight.T for p in projections], 1)
+        tensors[prefix + "attn.c_attn.bias"] = torch.cat([p.bias for p in projections])
+        put_linear(prefix + "attn.c_proj", att.out_proj)
+        put_norm(prefix + "ln_2", block.norm2)
+        put_linear(prefix + "mlp.c_fc", block.ff.layers[0])
+        put_linear(prefix + "mlp.c_proj", block.ff.layers[2])
+    put_norm("ln_f", gpt.final_norm)
+    return {name: t.detach().cpu().contiguous() for name, t in tensors.items()}
+
+
 @dataclass
 class PretrainedGPT:
     """A GPTModel with its config; is_standin tells whether it is the random stand-in."""

@@ -1,109 +1,93 @@
-"""Low-rank adaptation (LoRA), the parameter-efficient finetuning of Chapter 7's exercises.
+"""Low-rank adaptation (LoRA, Hu et al. 2021): finetune a frozen model through small updates.
 
-A frozen linear layer W gets a trainable update of rank r: y = x W^T + b + (alpha / r) x A B,
-with A (d_in, r) and B (r, d_out). B starts at zero, so at first the model is unchanged.
+Every nn.Linear y = x W^T + b of the model is frozen and gets a trainable update of rank r,
+written as two bias-free linear layers, ``down`` (d_in -> r) and ``up`` (r -> d_out):
 
-Shapes: x (..., d_in) -> (..., d_out).
+    y = base(x) + (alpha / r) * up(down(x)),   the same as the weight W + (alpha / r) * up.W @ down.W
+
+``down`` starts as nn.Linear starts any layer (uniform, bound 1/sqrt(d_in)), ``up`` at zero, so a
+model with fresh adapters computes exactly what it computed before. ch06/lora-classification.ipynb
+builds these pieces one at a time. Shapes: x (..., d_in) -> (..., d_out).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 
-class LoRALayer(nn.Module):
-    """The low-rank update (alpha / rank) * x @ A @ B.
+class LoRALinear(nn.Module):
+    """A linear layer plus its low-rank update: base(x) + scale * up(down(x)), scale = alpha / rank.
 
-    A (in_dim, rank) is initialised like nn.Linear's weights, B (rank, out_dim) with zeros.
-    forward: x (..., in_dim) -> (..., out_dim)
+    base is used as it is (add_lora freezes it); down (rank, d_in) and up (d_out, rank) are new,
+    on base's device and dtype. forward: x (..., base.in_features) -> (..., base.out_features)
     """
 
-    def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
-        if rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank}")
-        self.rank = rank
-        self.alpha = alpha
-        self.A = nn.Parameter(torch.empty(in_dim, rank))
-        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.B = nn.Parameter(torch.zeros(rank, out_dim))
+        if not (isinstance(rank, int) and rank >= 1):
+            raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        like = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.base = base
+        self.down = nn.Linear(base.in_features, rank, bias=False, **like)
+        self.up = nn.Linear(rank, base.out_features, bias=False, **like)
+        nn.init.zeros_(self.up.weight)
+        self.scale = alpha / rank
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.alpha / self.rank) * (x @ self.A @ self.B)
+        return self.base(x) + self.scale * self.up(self.down(x))
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update as a weight of base's shape (d_out, d_in): scale * up.W @ down.W."""
+        return self.scale * (self.up.weight @ self.down.weight)
+
+    def merged(self) -> nn.Linear:
+        """One nn.Linear computing this layer's function, with base's requires_grad."""
+        base = self.base
+        merged = nn.Linear(
+            base.in_features,
+            base.out_features,
+            bias=base.bias is not None,
+            device=base.weight.device,
+            dtype=base.weight.dtype,
+        )
+        with torch.no_grad():
+            merged.weight.copy_(base.weight + self.delta_weight())
+            if base.bias is not None:
+                merged.bias.copy_(base.bias)
+        return merged.requires_grad_(base.weight.requires_grad)
 
 
-class LinearWithLoRA(nn.Module):
-    """An nn.Linear plus a LoRALayer: linear(x) + lora(x).
-
-    forward: x (..., linear.in_features) -> (..., linear.out_features)
-    """
-
-    def __init__(self, linear: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.linear = linear
-        self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha)
-        self.lora.to(device=linear.weight.device, dtype=linear.weight.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) + self.lora(x)
-
-
-def replace_linear_with_lora(
-    model: nn.Module, rank: int, alpha: float, freeze_base: bool = True
-) -> nn.Module:
-    """Wrap every nn.Linear inside ``model`` in a LinearWithLoRA, in place; returns ``model``.
-
-    With freeze_base (the default), every parameter the model had before is frozen first, so
-    only the new A and B matrices are trained.
-    """
-    if freeze_base:
-        for param in model.parameters():
-            param.requires_grad = False
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear):
-            setattr(model, name, LinearWithLoRA(child, rank, alpha))
+def _swap_linears(module: nn.Module, make) -> None:
+    """Replace each child (at any depth) for which make(child) returns a module, in place."""
+    for name, child in module.named_children():
+        replacement = make(child)
+        if replacement is None:
+            _swap_linears(child, make)
         else:
-            replace_linear_with_lora(child, rank, alpha, freeze_base=False)
+            setattr(module, name, replacement)
+
+
+def add_lora(model: nn.Module, rank: int, alpha: float) -> nn.Module:
+    """Freeze every parameter of model, then wrap each of its nn.Linear layers in a LoRALinear.
+
+    Afterwards only the adapters' down and up weights are trainable. In place; returns model.
+    """
+    model.requires_grad_(False)
+    _swap_linears(model, lambda m: LoRALinear(m, rank, alpha) if isinstance(m, nn.Linear) else None)
     return model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every LinearWithLoRA inside ``model`` back into a plain nn.Linear, in place.
+    """Fold every LoRALinear of model into a plain nn.Linear (base weight + update), in place.
 
-    The merged weight is W + (alpha / rank) * (A @ B)^T, shape (out_dim, in_dim), so the model
-    computes the same function (up to rounding) without the extra products of the LoRA path,
-    and its state_dict has the keys of the model before replace_linear_with_lora. The merged
-    layers keep the requires_grad flag of the base layer. Returns ``model``.
+    The model computes the same function (up to float rounding) without the adapters' extra
+    products, and its state_dict has the keys it had before add_lora. Returns model.
     """
-    for name, child in model.named_children():
-        if isinstance(child, LinearWithLoRA):
-            setattr(model, name, _merged_linear(child))
-        else:
-            merge_lora(child)
+    _swap_linears(model, lambda m: m.merged() if isinstance(m, LoRALinear) else None)
     return model
 
 
-def _merged_linear(wrapped: LinearWithLoRA) -> nn.Linear:
-    """One nn.Linear computing linear(x) + lora(x) of a LinearWithLoRA."""
-    base, lora = wrapped.linear, wrapped.lora
-    merged = nn.Linear(
-        base.in_features,
-        base.out_features,
-        bias=base.bias is not None,
-        device=base.weight.device,
-        dtype=base.weight.dtype,
-    )
-    with torch.no_grad():
-        merged.weight.copy_(base.weight + (lora.alpha / lora.rank) * (lora.A @ lora.B).T)
-        if base.bias is not None:
-            merged.bias.copy_(base.bias)
-    merged.requires_grad_(base.weight.requires_grad)
-    return merged
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    """Number of (trainable, by default) parameters of a model."""
+    """Number of (trainable, by default) parameters of a model; a tied tensor counts once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

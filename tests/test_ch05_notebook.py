@@ -52,7 +52,7 @@ def assert_same_state(a: GPTModel, b: GPTModel, skip=()) -> None:
 
 def test_notebook_loader_gives_the_model_shared_loader_gives(notebook):
     source = random_gpt(seed=1)
-    params = notebook["to_gpt2_tensors"](source)
+    params = gpt2_weights.gpt2_layout_tensors(source)
     assert params["h.1.attn.c_attn.weight"].shape == (48, 144)  # Conv1D layout, q|k|v fused
     assert params["h.0.mlp.c_fc.weight"].shape == (48, 192)
     assert "lm_head.weight" not in params and "out_head.weight" not in params
@@ -68,7 +68,7 @@ def test_notebook_loader_gives_the_model_shared_loader_gives(notebook):
 
 
 def test_notebook_assign_and_loader_name_what_does_not_fit(notebook):
-    params = notebook["to_gpt2_tensors"](random_gpt(seed=5))
+    params = gpt2_weights.gpt2_layout_tensors(random_gpt(seed=5))
     params["h.1.mlp.c_proj.weight"] = torch.zeros(192, 40)
     with pytest.raises(
         ValueError, match=r"'h\.1\.mlp\.c_proj\.weight \(transposed\)'.*\(40, 192\)"

@@ -143,3 +143,23 @@ def test_drawing_a_figure_leaves_the_random_state_alone():
 def test_the_source_digest_follows_the_drawing_code():
     assert source_digest("ch03.causal_mask") == source_digest("ch03.qkv_projections")
     assert source_digest("ch03.causal_mask") != source_digest("ch02.sliding_window")
+
+
+def test_moe_routing_figure_shows_the_gates_the_notebook_prints():
+    """The routes drawn in attention_variants.moe_routing are the ones section 6 of
+    ch04/attention-variants.ipynb computes and prints (to two decimals)."""
+    from shared.figures.attention_variants import moe_demo_routes
+
+    cells = json.loads((REPO / "ch04/attention-variants.ipynb").read_text(encoding="utf-8"))
+    code = next(
+        cell
+        for cell in cells["cells"]
+        if cell["cell_type"] == "code"
+        and "moe.route(small_gpt.tok_emb(sentence))" in "".join(cell["source"])
+    )
+    printed = "".join("".join(out["text"]) for out in code["outputs"] if "text" in out).splitlines()
+    drawn = [
+        " + ".join(f"{gate:.2f} x expert {expert + 1}" for expert, gate in routes)
+        for routes in moe_demo_routes()
+    ]
+    assert [line.split(" -> ")[1] for line in printed] == drawn

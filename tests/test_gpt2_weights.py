@@ -99,6 +99,25 @@ def test_loaded_model_reproduces_transformers_logits(reference, layout):
     assert torch.equal(gpt.tok_emb.weight, hf_model.transformer.wte.weight)
 
 
+def test_gpt2_layout_tensors_are_transformers_own_layout(reference):
+    """Written from a GPTModel, the tensors are exactly those transformers saved: names, shapes,
+    values (every tensor of the reference is random, so a misplaced one would differ)."""
+    hf_model, _, official_file = reference
+    gpt = GPTModel(TINY).eval()
+    load_weights_into_gpt(gpt, load_file(official_file))
+    written = gpt2_weights.gpt2_layout_tensors(gpt)
+    expected = {
+        key.removeprefix("transformer."): tensor
+        for key, tensor in hf_model.state_dict().items()
+        if key != "lm_head.weight" and not key.endswith((".attn.bias", ".attn.masked_bias"))
+    }
+    assert sorted(written) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(written[name], tensor), name
+    with pytest.raises(ValueError, match="qkv_bias=True"):
+        gpt2_weights.gpt2_layout_tensors(GPTModel({**TINY, "qkv_bias": False}))
+
+
 def test_lm_head_weight_is_used_when_present(reference):
     _, _, official_file = reference
     params = load_file(official_file)

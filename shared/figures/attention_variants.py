@@ -156,9 +156,38 @@ def sliding_window_mask() -> Figure:
     return fig
 
 
-# Gates of a router choosing 2 of 4 experts for each token (illustrative values).
-ROUTES = [((1, 0.62), (3, 0.38)), ((0, 0.71), (1, 0.29)), ((2, 0.55), (3, 0.45)),
-          ((1, 0.80), (2, 0.20)), ((0, 0.52), (2, 0.48)), ((3, 0.66), (0, 0.34))]  # fmt: skip
+# Section 6 of ch04/attention-variants.ipynb routes Chapter 3's sentence with these settings: the
+# token embeddings of an untrained small GPT, an untrained router of 4 experts, top 2, both built
+# after torch.manual_seed(123) (the GPT first). The figure computes the same routes.
+MOE_DEMO_CONFIG = {
+    "vocab_size": 50257,
+    "context_length": 64,
+    "emb_dim": 96,
+    "n_heads": 6,
+    "n_layers": 2,
+    "drop_rate": 0.0,
+    "qkv_bias": False,
+}
+
+
+def moe_demo_routes() -> list[list[tuple[int, float]]]:
+    """For each token of TOKENS, its (expert index, gate) pairs, as the notebook computes them."""
+    import torch
+
+    from shared.attention_variants import MoEFeedForward
+    from shared.gpt import GPTModel
+    from shared.tokenizers import gpt2_tokenizer
+
+    ids = torch.tensor([gpt2_tokenizer().encode(" ".join(TOKENS))])
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(123)
+        gpt = GPTModel(MOE_DEMO_CONFIG).eval()
+        moe = MoEFeedForward(MOE_DEMO_CONFIG, num_experts=4, top_k=2)
+        gates, experts = moe.route(gpt.tok_emb(ids))
+    return [
+        list(zip(e.tolist(), g.tolist(), strict=True))
+        for g, e in zip(gates[0], experts[0], strict=True)
+    ]
 
 
 @figure(
@@ -187,7 +216,7 @@ def moe_routing() -> Figure:
     expert_y = [3.2 - e * 0.85 for e in range(4)]
     for e, y in enumerate(expert_y):
         box(ax, 4.7, y, 1.2, 0.5, f"expert {e + 1}", "ffn")
-    for i, (token, routes) in enumerate(zip(TOKENS, ROUTES, strict=True)):
+    for i, (token, routes) in enumerate(zip(TOKENS, moe_demo_routes(), strict=True)):
         y = 3.35 - i * step
         chosen = token == "journey"  # one token's routes highlighted, with its gates
         box(ax, 0.3, y, 1.1, h, token, "token", fontsize=FONT - 1, rounded=False, bold=chosen)
@@ -203,6 +232,6 @@ def moe_routing() -> Figure:
         label(ax, 6.45, y + h / 2, f"{token}:  {terms}", ha="left", fontsize=FONT - 1, bold=chosen)
     label(ax, 8.1, 3.72, "E2 = output of expert 2; gates: softmax over the 2 kept scores",
           fontsize=FONT - 3, italic=True)  # fmt: skip
-    label(ax, 5.0, 0.15, "stored: 4 experts' parameters; used per token: 2 experts (gates illustrative)",
+    label(ax, 5.0, 0.15, "stored: 4 experts' parameters; used per token: 2 experts (untrained router of section 6)",
           fontsize=FONT - 2, italic=True)  # fmt: skip
     return fig
