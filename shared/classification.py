@@ -14,7 +14,6 @@ book's names; tests check that both behave identically.
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from shared.data import fetch
+from shared.data import fetch, written_atomically
 from shared.gpt import GPTModel
 from shared.pretraining import load_checkpoint, read_checkpoint_extra, save_checkpoint
 
@@ -123,12 +122,8 @@ def prepare_spam_splits(out_dir: str | Path, seed: int = 123) -> tuple[Path, Pat
     balanced["Label"] = balanced["Label"].map(LABELS)
     paths = tuple(out_dir / f"{name}.csv" for name in ("train", "validation", "test"))
     for part, path in zip(random_split(balanced, *SPLIT_FRACTIONS, seed=seed), paths, strict=True):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with written_atomically(path) as tmp:
             part.to_csv(tmp, index=None)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return paths
 
 

@@ -5,7 +5,6 @@ Shapes: b = batch size, n = number of tokens, V = vocab_size.
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +16,7 @@ from matplotlib.ticker import MaxNLocator
 from torch import nn
 from tqdm import tqdm
 
+from shared.data import written_atomically
 from shared.distributed import get_world_size, is_main_process
 from shared.speed import (
     TrainingOptions,
@@ -318,12 +318,8 @@ def save_checkpoint(
     if optimizer is not None:
         checkpoint["optimizer_state_dict"] = optimizer.state_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with written_atomically(path) as tmp:
         torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

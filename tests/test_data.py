@@ -567,3 +567,17 @@ def test_unreachable_proxy_is_named(dirs, monkeypatch):
     with pytest.raises(DataUnavailableError) as info:
         data.fetch(spec, quiet=True)
     assert info.value.reason == f"Connection refused (through the proxy {proxy})"
+
+
+def test_written_atomically_keeps_the_old_file_when_writing_fails(tmp_path):
+    from shared.data import written_atomically
+
+    path = tmp_path / "splits.csv"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), written_atomically(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "old" and list(tmp_path.iterdir()) == [path]
+    with written_atomically(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new" and list(tmp_path.iterdir()) == [path]
