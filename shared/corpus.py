@@ -9,8 +9,6 @@ the windows of ``shared.dataset.GPTDatasetV1``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from shared.data import written_atomically
 from shared.tokenizers import END_OF_TEXT, gpt2_tokenizer
 
 TOKEN_DTYPE = np.uint16  # GPT-2's 50,257 ids fit in 16 bits
@@ -61,24 +60,16 @@ def prepare_token_file(
     end_of_text = tokenizer.encode(END_OF_TEXT, allowed_special={END_OF_TEXT})
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".part"
-    )
     total = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for i, text_file in enumerate(text_files):
-                ids = end_of_text if i > 0 else []
+    with written_atomically(out_path) as tmp, open(tmp, "wb") as out:
+        for i, text_file in enumerate(text_files):
+            ids = end_of_text if i > 0 else []
+            np.asarray(ids, dtype=TOKEN_DTYPE).tofile(out)
+            total += len(ids)
+            for chunk in _safe_chunks(Path(text_file)):
+                ids = tokenizer.encode(chunk, allowed_special={END_OF_TEXT})
                 np.asarray(ids, dtype=TOKEN_DTYPE).tofile(out)
                 total += len(ids)
-                for chunk in _safe_chunks(Path(text_file)):
-                    ids = tokenizer.encode(chunk, allowed_special={END_OF_TEXT})
-                    np.asarray(ids, dtype=TOKEN_DTYPE).tofile(out)
-                    total += len(ids)
-        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp_name, out_path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
     return total
 
 

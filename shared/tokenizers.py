@@ -21,7 +21,7 @@ from typing import Literal
 import regex
 import tiktoken
 
-from shared.data import fetch
+from shared.data import fetch, written_atomically
 
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<|unk|>"
@@ -312,10 +312,8 @@ class BPETokenizer:
             "merges": [[left, right, merged] for (left, right), merged in self.merges.items()],
             "special_tokens": self.special_tokens,
         }
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        tmp.replace(path)
+        with written_atomically(path) as tmp:
+            tmp.write_text(json.dumps(data), encoding="utf-8")
 
     @classmethod
     def load(cls, path: str | PathLike) -> BPETokenizer:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
@@ -42,3 +44,30 @@ def load_script(script: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_main(script: Path, *args, stdin: str = "") -> subprocess.CompletedProcess:
+    """Call the script's main(argv) in this process, as `python script args...` would run it.
+
+    Much faster than run_script for help texts and argument errors (no new interpreter, no
+    second import of torch). The exit status follows the interpreter's rules for SystemExit: a
+    string is printed to stderr with status 1, an int is the status, None is 0.
+    """
+    module = load_script(script)
+    argv = list(map(str, args))
+    out, err = io.StringIO(), io.StringIO()
+    stdin_before, sys.stdin = sys.stdin, io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = module.main(argv)
+            except SystemExit as exit_:
+                code = exit_.code
+            if isinstance(code, str):
+                print(code, file=sys.stderr)
+                code = 1
+    finally:
+        sys.stdin = stdin_before
+    return subprocess.CompletedProcess(
+        [str(script), *argv], code or 0, out.getvalue(), err.getvalue()
+    )

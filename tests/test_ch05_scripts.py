@@ -25,7 +25,7 @@ from shared.pretraining import (
 )
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import REPO
-from tests.scripts import load_script, run_script
+from tests.scripts import load_script, run_main, run_script
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: tiny models, one thread)
 
 TRAIN = REPO / "ch05" / "train.py"
@@ -64,7 +64,7 @@ def trained(corpus, tmp_path_factory) -> Path:
 
 def test_help():
     for script, option in ((TRAIN, "--checkpoint-dir"), (GENERATE, "--top-k")):
-        result = run_script(script, "--help")
+        result = run_main(script, "--help")
         assert option in result.stdout and "usage" in result.stdout
 
 
@@ -147,7 +147,7 @@ def test_generate_from_checkpoint(trained):
     assert greedy.stdout.split("\n", 1)[1].rstrip("\n") == token_ids_to_text(
         expected_ids, tokenizer
     )
-    sampled = run_script(GENERATE, "--checkpoint", ckpt, "--temperature", "1.5", "--seed", "7")
+    sampled = run_main(GENERATE, "--checkpoint", ckpt, "--temperature", "1.5", "--seed", "7")
     assert sampled.stdout.count(prompt) == 1 and sampled.stdout != greedy.stdout
 
 

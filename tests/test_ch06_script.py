@@ -18,7 +18,7 @@ from shared.gpt2_weights import STANDIN_CONFIG
 from shared.pretraining import read_checkpoint_extra
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import REPO
-from tests.scripts import run_script
+from tests.scripts import run_main, run_script
 
 SCRIPT = REPO / "ch06" / "train_classifier.py"
 
@@ -48,9 +48,9 @@ def trained(tmp_path_factory) -> Path:
 
 
 def test_help():
-    result = run("--help")
+    result = run_main(SCRIPT, "--help")
     assert "train" in result.stdout and "classify" in result.stdout
-    train_help = run("train", "--help").stdout
+    train_help = run_main(SCRIPT, "train", "--help").stdout
     for option in (
         "--model",
         "--trainable-blocks",
@@ -60,7 +60,7 @@ def test_help():
         "--output",
     ):
         assert option in train_help
-    assert "--classifier" in run("classify", "--help").stdout
+    assert "--classifier" in run_main(SCRIPT, "classify", "--help").stdout
 
 
 def test_train_writes_splits_and_a_classifier(trained):
@@ -86,7 +86,7 @@ def test_classify_matches_the_saved_model(trained):
         "Grüße 🎉 naïve café",
         "free cash " * 500,  # 1,000 tokens: cut to the classifier's 24, not an error
     ]
-    result = run("classify", "--classifier", trained, "--device", "cpu", *messages)
+    result = run_main(SCRIPT, "classify", "--classifier", trained, "--device", "cpu", *messages)
     model, extra = load_classifier(trained)
     tokenizer = gpt2_tokenizer()
     expected = [
@@ -94,18 +94,20 @@ def test_classify_matches_the_saved_model(trained):
         for m in messages
     ]
     assert result.stdout.splitlines() == expected
-    piped = run("classify", "--classifier", trained, "-", stdin="\n".join(messages[:2]) + "\n")
+    piped = run_main(
+        SCRIPT, "classify", "--classifier", trained, "-", stdin="\n".join(messages[:2]) + "\n"
+    )
     assert piped.stdout.splitlines() == expected[:2]
 
 
 def test_bad_input_is_reported_clearly(tmp_path):
-    missing = run("classify", "--classifier", tmp_path / "nope.pth", "hi", check=False)
+    missing = run_main(SCRIPT, "classify", "--classifier", tmp_path / "nope.pth", "hi")
     assert missing.returncode == 1 and missing.stderr.startswith("error: classifier file")
-    too_long = run("train", *TINY_ARGS, "--pad-length", "2000", "--data-dir", tmp_path, check=False)
+    too_long = run_main(SCRIPT, "train", *TINY_ARGS, "--pad-length", "2000", "--data-dir", tmp_path)
     assert too_long.returncode == 1
     assert "--pad-length 2000 exceeds the model's context length (1024)" in too_long.stderr
-    blocks = run(
-        "train", *TINY_ARGS, "--trainable-blocks", "9", "--data-dir", tmp_path, check=False
+    blocks = run_main(
+        SCRIPT, "train", *TINY_ARGS, "--trainable-blocks", "9", "--data-dir", tmp_path
     )
     assert blocks.returncode == 1 and "the model has 4" in blocks.stderr
     for option, value in (
@@ -113,5 +115,5 @@ def test_bad_input_is_reported_clearly(tmp_path):
         ("--trainable-blocks", "last"),
         ("--epochs", "0"),
     ):
-        result = run("train", option, value, check=False)
+        result = run_main(SCRIPT, "train", option, value)
         assert result.returncode == 2 and option in result.stderr

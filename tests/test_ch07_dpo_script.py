@@ -11,7 +11,7 @@ import torch
 from shared.gpt import GPTModel
 from shared.pretraining import load_checkpoint, save_checkpoint
 from tests.notebook_code import REPO
-from tests.scripts import run_script
+from tests.scripts import load_script, run_main, run_script
 from tests.test_preference import TINY_CONFIG
 
 SCRIPT = REPO / "ch07" / "dpo_finetune.py"
@@ -31,7 +31,7 @@ def sft_checkpoint(tmp_path):
 
 
 def test_help_shows_each_default_once():
-    result = run("--help")
+    result = run_main(SCRIPT, "--help")
     assert result.returncode == 0
     assert "--sft-checkpoint" in result.stdout and "--beta" in result.stdout
     help_text = " ".join(result.stdout.split())
@@ -69,8 +69,6 @@ def test_dpo_end_to_end(tmp_path, sft_checkpoint):
 
 
 def test_default_checkpoint_name(sft_checkpoint):
-    from tests.scripts import load_script
-
     script = load_script(SCRIPT)
     assert script.default_checkpoint(sft_checkpoint).name == "tiny-dpo.pth"
 
@@ -86,13 +84,13 @@ def test_bad_entry_names_file_index_and_field(tmp_path, sft_checkpoint):
     bad = tmp_path / "prefs.json"
     good = {"instruction": "a", "chosen": "b", "rejected": "c"}
     bad.write_text(json.dumps([good, {"instruction": "a", "chosen": "b"}]))
-    result = run("--sft-checkpoint", str(sft_checkpoint), "--data", str(bad))
+    result = run_main(SCRIPT, "--sft-checkpoint", sft_checkpoint, "--data", bad)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: {bad}: entry 1 has no 'rejected' field"
 
 
 def test_bad_option_value():
-    result = run("--beta", "0")
+    result = run_main(SCRIPT, "--beta", "0")
     assert result.returncode == 2
     assert (
         "error: --lr and --beta must be > 0" in result.stderr and "Traceback" not in result.stderr

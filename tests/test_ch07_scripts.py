@@ -15,7 +15,7 @@ from shared.instruction import generate_response
 from shared.pretraining import load_checkpoint
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import REPO
-from tests.scripts import run_script
+from tests.scripts import run_main, run_script
 from tests.test_instruction import FakeOllama
 
 CH07 = REPO / "ch07"
@@ -27,7 +27,7 @@ def run(script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("script", ["finetune_instructions.py", "score_responses.py"])
 def test_help(script):
-    result = run(script, "--help")
+    result = run_main(CH07 / script, "--help")
     assert result.returncode == 0
     assert "usage:" in result.stdout and "--max-entries" in result.stdout
 
@@ -90,8 +90,8 @@ def test_score_responses_against_a_local_judge(tmp_path):
         return next(reply for response, reply in replies.items() if f"grade:\n{response}" in prompt)
 
     with FakeOllama(judge, models=("tiny-judge",)) as server:
-        result = run(
-            "score_responses.py", "--responses", str(_responses_file(tmp_path)),
+        result = run_main(
+            CH07 / "score_responses.py", "--responses", str(_responses_file(tmp_path)),
             "--model", "tiny-judge", "--port", str(server.port),
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -104,8 +104,8 @@ def test_score_responses_against_a_local_judge(tmp_path):
 def test_score_responses_without_a_server(tmp_path):
     with FakeOllama(lambda prompt: "0") as server:
         port = server.port  # free again once the server has stopped
-    result = run(
-        "score_responses.py", "--responses", str(_responses_file(tmp_path)), "--port", str(port)
+    result = run_main(
+        CH07 / "score_responses.py", "--responses", str(_responses_file(tmp_path)), "--port", port
     )
     assert result.returncode == 1
     assert f"No Ollama server answers at http://127.0.0.1:{port}/api/chat" in result.stdout
@@ -116,6 +116,6 @@ def test_score_responses_without_a_server(tmp_path):
 def test_score_responses_missing_field(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}]))
-    result = run("score_responses.py", "--responses", str(path))
+    result = run_main(CH07 / "score_responses.py", "--responses", path)
     assert result.returncode == 1
     assert "entry 0 has no string field 'model_response'" in result.stderr

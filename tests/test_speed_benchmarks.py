@@ -17,6 +17,7 @@ def test_training_benchmark_prints_a_row_per_variant():
         SPEED / "benchmark_training.py",
         *("--only", "course, plain", "--precision", "bf16", "--context", "8", "--batch-size", "1"),
         *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
+        *("--layers", "1", "--peak-seconds", "0.1"),
     )
     lines = result.stdout.splitlines()
     assert any(line.startswith("Measured matmul peak: fp32") for line in lines)
@@ -34,6 +35,7 @@ def test_training_benchmark_compares_with_both_yardsticks():
         SPEED / "benchmark_training.py",
         *("--only", "f.AdamW, tied", "--precision", "fp32", "--context", "4", "--batch-size", "1"),
         *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
+        *("--layers", "1", "--peak-seconds", "0.1"),
     )
     rows = {
         row[0]: row[3:5]
@@ -56,7 +58,7 @@ def test_training_benchmark_profiles_one_step():
     result = run_script(
         SPEED / "benchmark_training.py",
         *("--profile", "--only", "course, fused + f.AdamW, tied", "--context", "8"),
-        *("--batch-size", "1", "--warmup", "0"),
+        *("--batch-size", "1", "--warmup", "0", "--layers", "1"),
     )
     assert "course, fused + f.AdamW, tied: one training step" in result.stdout
     assert "aten::" in result.stdout  # the profiler's operator table
@@ -65,7 +67,7 @@ def test_training_benchmark_profiles_one_step():
 def test_generation_benchmark_agrees_on_tokens():
     result = run_script(
         SPEED / "benchmark_generation.py",
-        *("--new-tokens", "4", "--prompt-tokens", "3", "--repeats", "1"),
+        *("--new-tokens", "4", "--prompt-tokens", "3", "--repeats", "1", "--layers", "1"),
     )
     verdicts = [line for line in result.stdout.splitlines() if line.startswith("tokens of ")]
     compared = ["course, plain, KV cache", "course, fused, KV cache", "reference (transformers"]

@@ -43,12 +43,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--size", default="124M", choices=GPT2_MODEL_CONFIGS, help="the GPT-2 shape to build"
     )
+    parser.add_argument(
+        "--layers", type=int, help="transformer blocks (default: the GPT-2 shape's own)"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=8, help="length of the random prompt")
     parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per run")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
     args = parser.parse_args(argv)
 
-    cfg = GPT2_MODEL_CONFIGS[args.size]
+    cfg = dict(GPT2_MODEL_CONFIGS[args.size])
+    if args.layers is not None:
+        cfg["n_layers"] = args.layers
     torch.manual_seed(123)
     reference = transformers_model(cfg, tied=True).eval()  # GPT-2 ties its output layer
     params = reference.state_dict()  # transformers' key layout, loaded as GPT-2 weights are
@@ -88,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     results = {name: best_time(fn, args.repeats) for name, fn in runs.items()}
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"GPT-2 {args.size} shape, batch 1, greedy, {args.prompt_tokens} prompt + {n} new tokens")
+    print(
+        f"GPT-2 {args.size} shape ({cfg['n_layers']} blocks), batch 1, greedy, "
+        f"{args.prompt_tokens} prompt + {n} new tokens"
+    )
     print()
     ref_seconds = results["reference (transformers generate, cache)"][0]
     uncached_seconds = results["course, plain, no cache"][0]

@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--size", default="124M", choices=GPT2_MODEL_CONFIGS, help="the GPT-2 shape to build"
     )
+    parser.add_argument(
+        "--layers", type=int, help="transformer blocks (default: the GPT-2 shape's own)"
+    )
     parser.add_argument("--context", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--batch-size", type=int, default=2, help="sequences per step")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
@@ -308,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     parser.add_argument(
         "--matmul-size", type=int, default=2048, help="n of the n x n matmuls timing the peak"
+    )
+    parser.add_argument(
+        "--peak-seconds", type=float, default=3.0, help="seconds of matmuls timing each peak"
     )
     parser.add_argument(
         "--only",
@@ -332,6 +338,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
     cfg = {**GPT2_MODEL_CONFIGS[args.size], "context_length": args.context, "drop_rate": 0.0}
+    if args.layers is not None:
+        cfg["n_layers"] = args.layers
     chosen = [
         v
         for v in variants(args.compile, args.precision)
@@ -345,13 +353,14 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     peaks = {
-        False: matmul_peak(torch.float32, device, args.matmul_size),
-        True: matmul_peak(torch.bfloat16, device, args.matmul_size),
+        False: matmul_peak(torch.float32, device, args.matmul_size, args.peak_seconds),
+        True: matmul_peak(torch.bfloat16, device, args.matmul_size, args.peak_seconds),
     }
     flops_per_token = training_flops_per_token(cfg, args.context)
     tokens_per_step = args.batch_size * args.context
     print(
-        f"GPT-2 {args.size} shape, context {args.context}, batch {args.batch_size}; "
+        f"GPT-2 {args.size} shape ({cfg['n_layers']} blocks), context {args.context}, "
+        f"batch {args.batch_size}; "
         f"{flops_per_token / 1e9:.2f} GFLOP per training token (tied or not: the output layer "
         "is one product either way)"
     )
