@@ -11,7 +11,7 @@ import torch
 from shared.gpt import GPT_CONFIG_124M, GPTModel, generate_text_simple
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import REPO
-from tests.scripts import load_script, run_script
+from tests.scripts import load_script, run_main, run_script
 
 SCRIPT = REPO / "ch04" / "generate_untrained.py"
 
@@ -31,7 +31,7 @@ def script():
 
 
 def test_help_lists_the_options():
-    result = run("--help")
+    result = run_main(SCRIPT, "--help")
     assert result.returncode == 0
     for option in ("--max-new-tokens", "--seed", "--size", "--device", "prompt"):
         assert option in result.stdout
@@ -59,8 +59,8 @@ def test_generates_what_generate_text_simple_generates(script):
 
 
 def test_seed_decides_the_weights():
-    first = token_ids(run("Every effort", "--size", "tiny", "--seed", "1").stdout)
-    other = token_ids(run("Every effort", "--size", "tiny", "--seed", "2").stdout)
+    first = token_ids(run_main(SCRIPT, "Every effort", "--size", "tiny", "--seed", "1").stdout)
+    other = token_ids(run_main(SCRIPT, "Every effort", "--size", "tiny", "--seed", "2").stdout)
     assert len(first) == len(other) == 2 + 10  # 2 prompt tokens, 10 new tokens by default
     assert first[:2] == other[:2]
     assert first[2:] != other[2:]
@@ -69,7 +69,7 @@ def test_seed_decides_the_weights():
 def test_long_prompt_is_cropped_to_the_context(script):
     context = script.model_config("tiny")["context_length"]
     prompt = " ".join(["word"] * (context + 10))
-    result = run(prompt, "--size", "tiny", "--max-new-tokens", "3")
+    result = run_main(SCRIPT, prompt, "--size", "tiny", "--max-new-tokens", "3")
     assert result.returncode == 0, result.stderr
     assert f"longer than the context of {context} tokens" in result.stdout
     assert len(token_ids(result.stdout)) == context + 10 + 3
