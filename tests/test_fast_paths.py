@@ -1,5 +1,7 @@
 """The fast paths (fused attention, KV cache) give the plain path's results with its weights."""
 
+import functools
+
 import pytest
 import torch
 
@@ -217,35 +219,47 @@ def kv_notebook():
     return notebook_definitions("ch04/kv-cache.ipynb")
 
 
-@pytest.mark.parametrize(
-    "attention", ["CachedMultiHeadAttention", "PreallocatedMultiHeadAttention"]
-)
-def test_notebook_step_by_step_cache_gives_the_uncached_tokens(kv_notebook, attention):
+@pytest.mark.parametrize("preallocated", [False, True])
+def test_notebook_step_by_step_cache_gives_the_uncached_tokens(kv_notebook, preallocated):
     from shared.gpt import generate_text_simple
 
     cfg = {**TINY, "qkv_bias": False}
     torch.manual_seed(3)
     plain = GPTModel(cfg).eval()
-    cached = kv_notebook["CachedGPTModel"](cfg, kv_notebook[attention]).eval()
+    cached = kv_notebook["CachingGPTModel"](cfg).eval()
     cached.load_state_dict(plain.state_dict())  # strict: GPTModel's names and shapes
-    assert "trf_blocks.0.att.cache_k" not in cached.state_dict()
+    if preallocated:
+        layer_kv = functools.partial(kv_notebook["PreallocatedLayerKV"], TINY["context_length"])
+    else:
+        layer_kv = kv_notebook["LayerKV"]
+    generate_cached = kv_notebook["generate_cached"]
     prompt = torch.randint(0, TINY["vocab_size"], (2, 5))
     new = TINY["context_length"] - 5  # up to the end of the context
     expected = generate_text_simple(plain, prompt, new, TINY["context_length"])
-    assert torch.equal(kv_notebook["generate_cached"](cached, prompt, new), expected)
-    assert cached.current_pos == TINY["context_length"] - 1  # the last token is never fed
-    # A second text starts from an empty cache.
+    ids, cache = generate_cached(cached, prompt, new, layer_kv)
+    assert torch.equal(ids, expected)
+    assert cache.length == TINY["context_length"] - 1  # the last token is never fed
+    # A second text gets a cache of its own.
     other = torch.randint(0, TINY["vocab_size"], (1, 3))
-    assert torch.equal(
-        kv_notebook["generate_cached"](cached, other, 4),
-        generate_text_simple(plain, other, 4, TINY["context_length"]),
-    )
+    other_ids, other_cache = generate_cached(cached, other, 4, layer_kv)
+    assert torch.equal(other_ids, generate_text_simple(plain, other, 4, TINY["context_length"]))
+    assert other_cache.length == 3 + 4 - 1 and cache.length == TINY["context_length"] - 1
+
+
+def test_notebook_preallocated_cache_refuses_to_overflow(kv_notebook):
+    layer = kv_notebook["PreallocatedLayerKV"](capacity=4)
+    keys = torch.randn(1, 2, 3, 5)
+    all_keys, _ = layer.extend(keys, keys + 1)
+    assert torch.equal(all_keys, keys) and layer.keys.shape == (1, 2, 4, 5)
+    with pytest.raises(ValueError, match="5 positions do not fit in a cache of 4"):
+        layer.extend(torch.randn(1, 2, 2, 5), torch.randn(1, 2, 2, 5))
 
 
 def test_notebook_memory_formula_matches_the_cache_tensors(kv_notebook):
-    model = kv_notebook["CachedGPTModel"](TINY).eval()
-    kv_notebook["generate_cached"](model, torch.zeros(3, 4, dtype=torch.long), 6)
-    held = sum(b.att.cache_k.nbytes + b.att.cache_v.nbytes for b in model.trf_blocks)
+    model = kv_notebook["CachingGPTModel"](TINY).eval()
+    _, cache = kv_notebook["generate_cached"](model, torch.zeros(3, 4, dtype=torch.long), 6)
+    assert not any("cache" in name for name in model.state_dict())  # weights only
+    held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
     assert held == kv_notebook["kv_cache_bytes"](TINY, num_tokens=9, batch_size=3)
     # GPT-2 124M at its full context: 2 x 768 x 4 bytes x 12 layers x 1,024 tokens = 72 MiB.
     assert kv_notebook["kv_cache_bytes"]({"emb_dim": 768, "n_layers": 12}, 1024) == 72 * 1024**2
