@@ -86,7 +86,7 @@ def test_classify_matches_the_saved_model(trained):
         "Grüße 🎉 naïve café",
         "free cash " * 500,  # 1,000 tokens: cut to the classifier's 24, not an error
     ]
-    result = run_main(SCRIPT, "classify", "--classifier", trained, "--device", "cpu", *messages)
+    result = run("classify", "--classifier", trained, "--device", "cpu", *messages)
     model, extra = load_classifier(trained)
     tokenizer = gpt2_tokenizer()
     expected = [

@@ -116,6 +116,6 @@ def test_score_responses_without_a_server(tmp_path):
 def test_score_responses_missing_field(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps([{"instruction": "a", "output": "b"}]))
-    result = run_main(CH07 / "score_responses.py", "--responses", path)
+    result = run("score_responses.py", "--responses", str(path))  # a real command line
     assert result.returncode == 1
     assert "entry 0 has no string field 'model_response'" in result.stderr

@@ -255,6 +255,15 @@ def test_notebook_preallocated_cache_refuses_to_overflow(kv_notebook):
         layer.extend(torch.randn(1, 2, 2, 5), torch.randn(1, 2, 2, 5))
 
 
+def test_notebook_cached_attention_refuses_to_pass_the_context(kv_notebook):
+    att = kv_notebook["CachingAttention"](8, 8, context_length=6, dropout=0.0, num_heads=2)
+    layer_kv = kv_notebook["LayerKV"]()
+    att(torch.randn(1, 5, 8), layer_kv)
+    with pytest.raises(ValueError, match="7 positions exceed the context_length of 6"):
+        att(torch.randn(1, 2, 8), layer_kv)
+    assert layer_kv.length == 5  # nothing was added
+
+
 def test_notebook_memory_formula_matches_the_cache_tensors(kv_notebook):
     model = kv_notebook["CachingGPTModel"](TINY).eval()
     _, cache = kv_notebook["generate_cached"](model, torch.zeros(3, 4, dtype=torch.long), 6)
