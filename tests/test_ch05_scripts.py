@@ -36,10 +36,10 @@ TINY_ARGS += ["--eval-freq", "10"]
 
 
 def main_error(script: Path, *args) -> str:
-    """Run a script's main() in this process; return its error message (it must exit)."""
-    with pytest.raises(SystemExit) as exit_info:
-        load_script(script).main([str(a) for a in args])
-    return str(exit_info.value)
+    """Run a script in this process (run_main); return its error message (it must fail)."""
+    result = run_main(script, *args)
+    assert result.returncode != 0, result.stdout
+    return result.stderr.strip()
 
 
 @pytest.fixture(scope="module")
