@@ -17,7 +17,7 @@ import time
 import torch
 
 # The sibling script (its folder is on sys.path when this file runs as a script).
-from benchmark_training import transformers_model
+from benchmark_training import gpt2_shape, transformers_model
 
 from shared.cli import HelpFormatter
 from shared.gpt import GPT2_MODEL_CONFIGS
@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
     args = parser.parse_args(argv)
 
-    cfg = dict(GPT2_MODEL_CONFIGS[args.size])
-    if args.layers is not None:
-        cfg["n_layers"] = args.layers
+    cfg = gpt2_shape(args.size, args.layers)
     torch.manual_seed(123)
     reference = transformers_model(cfg, tied=True).eval()  # GPT-2 ties its output layer
     params = reference.state_dict()  # transformers' key layout, loaded as GPT-2 weights are

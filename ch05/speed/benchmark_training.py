@@ -83,6 +83,14 @@ def variants(with_compile: bool, precisions: str = "both") -> list[Variant]:
     return {"fp32": fp32, "bf16": bf16, "both": fp32 + bf16}[precisions]
 
 
+def gpt2_shape(size: str, layers: int | None = None) -> dict:
+    """GPT2_MODEL_CONFIGS[size], with `layers` transformer blocks instead when given."""
+    cfg = dict(GPT2_MODEL_CONFIGS[size])
+    if layers is not None:
+        cfg["n_layers"] = layers
+    return cfg
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -337,9 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    cfg = {**GPT2_MODEL_CONFIGS[args.size], "context_length": args.context, "drop_rate": 0.0}
-    if args.layers is not None:
-        cfg["n_layers"] = args.layers
+    cfg = {**gpt2_shape(args.size, args.layers), "context_length": args.context, "drop_rate": 0.0}
     chosen = [
         v
         for v in variants(args.compile, args.precision)
