@@ -153,7 +153,9 @@ class GPTModel(nn.Module):
       PyTorch's fused kernels for attention (FusedMultiHeadAttention), layer norm and GELU.
     For generation with a key/value cache, shared.kv_cache.KVCacheGPTModel takes the same cfg and
     state_dict.
-    forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size).
+    forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size);
+    hidden_states: the same ids -> the final layer norm's output (b, n, emb_dim), which out_head
+    turns into the logits (for a loss that needs the logits at a few positions only).
     """
 
     def __init__(self, cfg: dict):
@@ -167,6 +169,9 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+        return self.out_head(self.hidden_states(in_idx))
+
+    def hidden_states(self, in_idx: torch.Tensor) -> torch.Tensor:
         seq_len = in_idx.shape[1]
         if seq_len > self.context_length:
             raise ValueError(
@@ -177,8 +182,7 @@ class GPTModel(nn.Module):
         pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))
         x = self.drop_emb(tok_embeds + pos_embeds)
         x = self.trf_blocks(x)
-        x = self.final_norm(x)
-        return self.out_head(x)
+        return self.final_norm(x)
 
 
 def generate_text_simple(

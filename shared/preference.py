@@ -201,7 +201,11 @@ def sequence_logprob(
         logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index, reduction="none"
     ).view_as(targets)  # (b, n), 0 where ignored
     mask = targets != ignore_index
-    token_logprobs = token_logprobs.masked_fill(~mask, 0.0)
+    return _per_row(token_logprobs.masked_fill(~mask, 0.0), mask, reduction)
+
+
+def _per_row(token_logprobs: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """(b, n) log-probabilities, 0 where mask is False -> (b,): their sum, or their mean over mask."""
     total = token_logprobs.sum(dim=-1)
     if reduction == "sum":
         return total
@@ -211,8 +215,20 @@ def sequence_logprob(
 def response_logprob(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, reduction: str = "sum"
 ) -> torch.Tensor:
-    """sequence_logprob of model(inputs) for targets: inputs and targets (b, n) -> (b,)."""
-    return sequence_logprob(model(inputs), targets, reduction=reduction)
+    """sequence_logprob of model(inputs) for targets: inputs and targets (b, n) -> (b,).
+
+    model: a GPTModel (anything with its hidden_states and out_head). The output layer, which
+    gives every position 50,257 scores and is most of a small model's cost, runs only at the
+    scored positions (targets != -100): the response tokens, a small share of each row, whose
+    rest is prompt and padding. The result is sequence_logprob(model(inputs), targets) up to
+    float rounding.
+    """
+    _check_reduction(reduction)
+    mask = targets != -100
+    hidden = model.hidden_states(inputs)[mask]  # (k, emb_dim), the k scored positions
+    scored = -F.cross_entropy(model.out_head(hidden), targets[mask], reduction="none")  # (k,)
+    token_logprobs = scored.new_zeros(targets.shape).masked_scatter(mask, scored)
+    return _per_row(token_logprobs, mask, reduction)
 
 
 class DPOLoss(NamedTuple):

@@ -177,6 +177,28 @@ def test_padding_does_not_change_a_responses_logprob(tokenizer):
             torch.testing.assert_close(again[0], single[0], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_response_logprob_is_sequence_logprob_of_the_full_logits(tokenizer, reduction):
+    # the output layer at the scored positions only: the same values and the same gradients
+    dataset = PreferenceDataset(ENTRIES, tokenizer)
+    batch = preference_collate_fn([dataset[0], dataset[1]])
+    inputs, targets = batch.chosen_inputs, batch.chosen_targets
+    assert 0 < int((targets != -100).sum()) < targets.numel()
+    results = []
+    for full_logits in (True, False):
+        model = tiny_gpt()
+        if full_logits:
+            value = sequence_logprob(model(inputs), targets, reduction=reduction)
+        else:
+            value = response_logprob(model, inputs, targets, reduction=reduction)
+        value.sum().backward()
+        results.append((value, [p.grad for p in model.parameters()]))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got_grad, want_grad)
+
+
 # --- the loss -------------------------------------------------------------------------------
 
 
