@@ -255,6 +255,17 @@ def test_train_model_simple_lowers_the_loss(capsys):
     assert out.count("I had") == 2  # one sample per epoch
 
 
+def test_train_model_simple_without_a_start_context_prints_no_sample(capsys):
+    model = tiny_model()
+    train, val = loaders()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    train_losses, _, _ = train_model_simple(
+        model, train, val, optimizer, "cpu", 1, 4, 2, None, gpt2_tokenizer()
+    )
+    lines = capsys.readouterr().out.splitlines()  # the losses only
+    assert len(lines) == len(train_losses) and all(line.startswith("Ep 1 (") for line in lines)
+
+
 def steps_losses(model, optimizer, batches):
     """Train on each (inputs, targets) of batches; return the losses before each step."""
     losses = []
