@@ -279,19 +279,17 @@ def profile_step(variant: Variant, cfg: dict, args, device: torch.device, rows: 
     return prof.key_averages().table(sort_by=sort_by, row_limit=rows)
 
 
-def yardstick(
-    chosen: list[Variant], v: Variant, model: str, results: dict[Variant, float]
-) -> float:
+def yardstick(chosen: list[Variant], v: Variant, model: str, results: dict[Variant, float]) -> str:
     """How many times faster v is than the yardstick `model` with v's tying and precision, and
     v's optimizer (the nanoGPT-style rows use fused AdamW, so only fused AdamW rows compare with
-    them); nan where that row was not run."""
+    them), as "1.07x"; "-" where there is no such row."""
     if model == NANO and not v.fused_adamw:
-        return float("nan")
+        return "-"
     for r in chosen:
         same = (r.model, r.tied, r.bf16, r.fused_adamw) == (model, v.tied, v.bf16, v.fused_adamw)
         if same and not r.compile:
-            return results[r] / results[v]
-    return float("nan")
+            return f"{results[r] / results[v]:.2f}x"
+    return "-"
 
 
 def load_average() -> str:
@@ -398,8 +396,8 @@ def main(argv: list[str] | None = None) -> None:
         vs_hf = yardstick(chosen, v, TRANSFORMERS, results)
         vs_nano = yardstick(chosen, v, NANO, results)
         print(
-            f"{v.name:44s} {seconds * 1e3:6.0f}ms {tokens_per_s:9,.0f} {vs_hf:5.2f}x "
-            f"{vs_nano:6.2f}x {utilisation:7.1%}"
+            f"{v.name:44s} {seconds * 1e3:6.0f}ms {tokens_per_s:9,.0f} {vs_hf:>6s} "
+            f"{vs_nano:>7s} {utilisation:7.1%}"
         )
     print(f"\nload average after: {load_average()}")
 
