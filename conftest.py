@@ -21,16 +21,17 @@ os.environ[STANDIN_ENV] = "1"
 # training step faults in its logits (batch x 512 x 50257 floats = 100 MB per sequence), their
 # gradients and AdamW's temporaries page by page, again and again. Kept on the heap instead,
 # memory is reused: a 13M-parameter training step took 0.40 s -> 0.29 s, a GPT-2 124M step
-# 5.0 s -> 3.6 s (AMD EPYC, 2 cores, load under 0.7), with the same numbers. The notebook
-# kernels and scripts that the tests start inherit the variable; this process has mallopt.
-MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824"
+# 5.0 s -> 3.6 s (AMD EPYC, 2 cores, load under 0.7); the committed outputs reproduce with it.
+# The notebook kernels and scripts that the tests start inherit the variable; pytest has mallopt.
+TRIM_THRESHOLD = 1 << 30  # bytes of free heap kept before any is handed back
+MALLOC_TUNABLES = f"glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
 os.environ["GLIBC_TUNABLES"] = ":".join(
     filter(None, [os.environ.get("GLIBC_TUNABLES"), MALLOC_TUNABLES])
 )
 if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
     _libc = ctypes.CDLL("libc.so.6")
     _libc.mallopt(-4, 0)  # M_MMAP_MAX
-    _libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+    _libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
 
 
 # The durations report: every test's time (setup, call and teardown together) is written to
