@@ -39,10 +39,12 @@ def run_script(
 
 
 def load_script(script: Path) -> ModuleType:
-    """Import a script as a module, to call its functions in this process."""
+    """Import a script as a module, to call its functions in this process (registered in
+    sys.modules first, as an import does: dataclasses look their module up there)."""
     name = f"{script.parent.name}_{script.stem}"
     spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

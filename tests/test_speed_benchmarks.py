@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.notebook_code import REPO
-from tests.scripts import run_script
+from tests.scripts import load_script, run_script
 
 SPEED = REPO / "ch05" / "speed"
 
@@ -22,10 +22,12 @@ def test_training_benchmark_prints_a_row_per_variant():
     lines = result.stdout.splitlines()
     assert any(line.startswith("Measured matmul peak: fp32") for line in lines)
     assert any(line.startswith("load average after: ") for line in lines)
-    rows = [line.rsplit(maxsplit=5) for line in lines if line.startswith("course, plain")]
+    rows = [line.rsplit(maxsplit=6) for line in lines if line.startswith("course, plain")]
     assert [row[0] for row in rows] == ["course, plain, tied, bf16", "course, plain, untied, bf16"]
-    for _, step_ms, tokens_per_s, vs_hf, vs_nano, of_peak in rows:
-        assert float(step_ms.removesuffix("ms")) > 0 and float(tokens_per_s.replace(",", "")) > 0
+    for _, step_ms, spread, tokens_per_s, vs_hf, vs_nano, of_peak in rows:
+        fastest, slowest = (float(ms) for ms in spread.removesuffix("ms").split("-"))
+        assert 0 < fastest <= float(step_ms.removesuffix("ms")) <= slowest
+        assert float(tokens_per_s.replace(",", "")) > 0
         assert vs_hf == vs_nano == "-"  # the yardsticks were not selected
         assert of_peak.endswith("%")
 
@@ -38,9 +40,9 @@ def test_training_benchmark_compares_with_both_yardsticks():
         *("--layers", "1", "--peak-seconds", "0.1"),
     )
     rows = {
-        row[0]: row[3:5]
-        for row in (line.rsplit(maxsplit=5) for line in result.stdout.splitlines())
-        if len(row) == 6 and row[0].endswith("f.AdamW, tied")
+        row[0]: row[4:6]
+        for row in (line.rsplit(maxsplit=6) for line in result.stdout.splitlines())
+        if len(row) == 7 and row[0].endswith("f.AdamW, tied")
     }
     assert set(rows) == {
         "course, fused + f.AdamW, tied",
@@ -52,6 +54,15 @@ def test_training_benchmark_compares_with_both_yardsticks():
     assert all(
         float(ratio.removesuffix("x")) > 0 for ratio in rows["course, fused + f.AdamW, tied"]
     )
+
+
+def test_training_benchmark_rounds_start_at_different_variants():
+    round_order = load_script(SPEED / "benchmark_training.py").round_order
+    chosen = list("abcdef")
+    orders = [round_order(chosen, r, 3) for r in range(3)]
+    assert [order[0] for order in orders] == ["a", "c", "e"]
+    assert all(sorted(order) == chosen for order in orders)  # every variant once per round
+    assert round_order(chosen, 0, 1) == chosen
 
 
 def test_training_benchmark_profiles_one_step():

@@ -292,6 +292,13 @@ def yardstick(chosen: list[Variant], v: Variant, model: str, results: dict[Varia
     return "-"
 
 
+def round_order(chosen: list[Variant], round_index: int, rounds: int) -> list[Variant]:
+    """chosen rotated so that the rounds start at variants spread over the list: no variant
+    always runs first (after the peak timing) or right after the same neighbour."""
+    start = round_index * len(chosen) // max(rounds, 1) % max(len(chosen), 1)
+    return chosen[start:] + chosen[:start]
+
+
 def load_average() -> str:
     try:
         return ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -374,18 +381,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"Median of {args.rounds} interleaved rounds x {args.steps} steps "
-        f"(after {args.warmup} warm-up per round)"
+        f"(after {args.warmup} warm-up per round; each round starts at another variant), "
+        "and the fastest and slowest step"
     )
     times: dict[Variant, list[float]] = {v: [] for v in chosen}
-    for _ in range(args.rounds):
-        for v in chosen:
+    for r in range(args.rounds):
+        for v in round_order(chosen, r, args.rounds):
             times[v] += time_steps(v, cfg, args, device)
     results = {v: statistics.median(t) for v, t in times.items()}
 
     print()
     header = (
-        f"{'variant':44s} {'step':>8s} {'tokens/s':>9s} {'vs HF':>6s} {'vs nano':>7s} "
-        f"{'of peak':>7s}"
+        f"{'variant':44s} {'step':>8s} {'fastest-slowest':>15s} {'tokens/s':>9s} {'vs HF':>6s} "
+        f"{'vs nano':>7s} {'of peak':>7s}"
     )
     print(header)
     print("-" * len(header))
@@ -395,9 +403,10 @@ def main(argv: list[str] | None = None) -> None:
         utilisation = tokens_per_s * flops_per_token / peaks[v.bf16]
         vs_hf = yardstick(chosen, v, TRANSFORMERS, results)
         vs_nano = yardstick(chosen, v, NANO, results)
+        spread = f"{min(times[v]) * 1e3:.0f}-{max(times[v]) * 1e3:.0f}ms"
         print(
-            f"{v.name:44s} {seconds * 1e3:6.0f}ms {tokens_per_s:9,.0f} {vs_hf:>6s} "
-            f"{vs_nano:>7s} {utilisation:7.1%}"
+            f"{v.name:44s} {seconds * 1e3:6.0f}ms {spread:>15s} {tokens_per_s:9,.0f} "
+            f"{vs_hf:>6s} {vs_nano:>7s} {utilisation:7.1%}"
         )
     print(f"\nload average after: {load_average()}")
 
