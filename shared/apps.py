@@ -11,7 +11,7 @@ Shapes: n = prompt tokens, m = new tokens.
 from __future__ import annotations
 
 import argparse
-import queue
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +22,7 @@ import torch
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import STANDIN_CONFIG, PretrainedGPT
 from shared.kv_cache import KVCacheGPTModel
-from shared.pretraining import generate, load_checkpoint, read_checkpoint_extra
+from shared.pretraining import generate_tokens, load_checkpoint, read_checkpoint_extra
 
 # Longest text the apps accept, in characters: four times GPT-2's context of 1,024 tokens at
 # about five characters per token. Longer input is refused with a message, not tokenised.
@@ -143,11 +143,6 @@ def input_problem(value: object, what: str, max_chars: int = MAX_INPUT_CHARS) ->
     return None
 
 
-class _Stopped(Exception):
-    """Raised inside generation when the reader of stream_generate stops early."""
-
-
-_DONE = object()
 # One generation at a time per process: the KV cache lives inside the model.
 _GENERATION_LOCK = threading.Lock()
 
@@ -165,60 +160,19 @@ def stream_generate(
 
     idx: the prompt, (1, n). Yields the new token ids so far (a list of length 1, 2, ..., m);
     the last list holds exactly the tokens generate(..., use_cache=True) appends to idx.
-    generate runs in a thread; a forward pre-hook on the model reads each token it feeds back
-    (in cached generation, every forward pass after the first ends with the newest token).
-    Closing the iterator early stops the generation.
+    Closing the iterator early stops the generation and empties the cache.
     """
     if idx.dim() != 2 or idx.shape[0] != 1:
         raise ValueError(f"idx must be one prompt of shape (1, n), got {tuple(idx.shape)}")
-    fed: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    outcome: dict = {}
-    forward_calls = 0
-
-    def tap(module, args):
-        nonlocal forward_calls
-        if stop.is_set():
-            raise _Stopped
-        if forward_calls:
-            fed.put(int(args[0][0, -1]))
-        forward_calls += 1
-
-    def run():
-        with _GENERATION_LOCK:
-            handle = model.register_forward_pre_hook(tap)
-            try:
-                outcome["ids"] = generate(
-                    model,
-                    idx,
-                    max_new_tokens,
-                    context_size,
-                    temperature=temperature,
-                    top_k=top_k,
-                    eos_id=eos_id,
-                    use_cache=True,
-                )
-            except _Stopped:
-                model.reset_kv_cache()
-            except Exception as err:  # re-raised in the reader's thread
-                outcome["error"] = err
-            finally:
-                handle.remove()
-                fed.put(_DONE)
-
-    threading.Thread(target=run, daemon=True).start()
-    new_ids: list[int] = []
-    try:
-        while (token := fed.get()) is not _DONE:
-            new_ids.append(token)
-            yield list(new_ids)
-        if "error" in outcome:
-            raise outcome["error"]
-        final = outcome["ids"][0, idx.shape[1] :].tolist()
-        if final != new_ids:  # the last token is appended without another forward pass
-            yield final
-    finally:
-        stop.set()
+    with _GENERATION_LOCK:
+        steps = generate_tokens(
+            model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache=True
+        )
+        new_ids: list[int] = []
+        with contextlib.closing(steps):
+            for token in steps:
+                new_ids.append(int(token))
+                yield list(new_ids)
 
 
 def app_arguments(description: str, checkpoint_help: str) -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ Shapes: b = batch size, n = number of tokens, V = vocab_size.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -218,6 +218,28 @@ def generate(
     and values of tokens already seen are cached, so each step only processes the newest token.
     Once the window of context_size tokens is full it slides, which shifts every token's absolute
     position, so from then on the cache is refilled from the window at each step.
+
+    generate_tokens yields the same new tokens one step at a time.
+    """
+    steps = generate_tokens(
+        model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+    )
+    return torch.cat([idx, *steps], dim=1)
+
+
+def generate_tokens(
+    model: nn.Module,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    context_size: int,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    eos_id: int | None = None,
+    use_cache: bool = False,
+) -> Iterator[torch.Tensor]:
+    """generate, one step at a time: yields each step's new token ids (b, 1), the tokens
+    generate appends, for streaming them as they come. The settings are checked at the call,
+    not at the first step. Stopping early (closing the iterator) empties the KV cache.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -230,36 +252,63 @@ def generate(
             f"use_cache=True needs a model with a KV cache, got {type(model).__name__}; "
             "build shared.kv_cache.KVCacheGPTModel(cfg) and load the same state_dict"
         )
+    return _generation_steps(
+        model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+    )
 
+
+def _generation_steps(
+    model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+) -> Iterator[torch.Tensor]:
+    """The loop of generate_tokens, after its checks."""
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     if use_cache:
         model.reset_kv_cache()
-    for _ in range(max_new_tokens):
-        with torch.no_grad():
-            if not use_cache:
-                logits = model(idx[:, -context_size:])[:, -1, :]  # (b, V)
-            elif 0 < model.cached_tokens < context_size:
-                logits = model(idx[:, -1:], use_cache=True)[:, -1, :]
-            else:  # first step, or the window slides: fill the cache from the window
-                model.reset_kv_cache()
-                logits = model(idx[:, -context_size:], use_cache=True)[:, -1, :]
-        if top_k is not None and top_k < logits.shape[-1]:
-            kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
-            logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-        if temperature > 0.0:
-            probs = torch.softmax(logits / temperature, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)  # (b, 1)
-        else:
-            idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (b, 1)
-        if eos_id is not None:
-            idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
-            finished |= idx_next.squeeze(1) == eos_id
-            if finished.all():
-                break
-        idx = torch.cat((idx, idx_next), dim=1)
-    if use_cache:
-        model.reset_kv_cache()  # free the cache's memory
-    return idx
+    try:
+        for _ in range(max_new_tokens):
+            idx_next = pick_next_token(
+                next_token_logits(model, idx, context_size, use_cache), temperature, top_k
+            )
+            if eos_id is not None:
+                idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
+                finished |= idx_next.squeeze(1) == eos_id
+                if finished.all():
+                    return
+            yield idx_next
+            idx = torch.cat((idx, idx_next), dim=1)
+    finally:
+        if use_cache:
+            model.reset_kv_cache()  # free the cache's memory
+
+
+def next_token_logits(
+    model: nn.Module, idx: torch.Tensor, context_size: int, use_cache: bool
+) -> torch.Tensor:
+    """The model's logits (b, V) for the token after idx (b, n), without gradients. With the
+    cache, idx continues the ids of the previous call (only the newest is fed) until the window
+    of context_size tokens is full; from then on (and at the first call) the cache is refilled
+    from the window."""
+    with torch.no_grad():
+        if not use_cache:
+            return model(idx[:, -context_size:])[:, -1, :]
+        if 0 < model.cached_tokens < context_size:
+            return model(idx[:, -1:], use_cache=True)[:, -1, :]
+        model.reset_kv_cache()
+        return model(idx[:, -context_size:], use_cache=True)[:, -1, :]
+
+
+def pick_next_token(
+    logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None
+) -> torch.Tensor:
+    """The next token ids (b, 1) from logits (b, V): the most likely (temperature 0) or a sample
+    from softmax(logits / temperature) among the top_k most likely (all when top_k is None)."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (b, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if temperature > 0.0:
+        probs = torch.softmax(logits / temperature, dim=-1)
+        return torch.multinomial(probs, num_samples=1)  # (b, 1)
+    return torch.argmax(logits, dim=-1, keepdim=True)  # (b, 1)
 
 
 def plot_losses(

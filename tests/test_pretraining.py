@@ -13,11 +13,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from shared.dataset import create_dataloader_v1
 from shared.gpt import GPTModel, generate_text_simple
+from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import (
     calc_loss_batch,
     calc_loss_loader,
     evaluate_model,
     generate,
+    generate_tokens,
     load_checkpoint,
     plot_losses,
     read_checkpoint_extra,
@@ -227,6 +229,44 @@ def test_generate_rejects_bad_settings():
         generate(model, idx, 1, 16, temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
         generate(model, idx, 1, 16, temperature=1.0, top_k=0)
+
+
+@pytest.mark.parametrize("use_cache", [False, True])
+@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.5, 20)])
+def test_generate_tokens_yields_what_generate_appends(use_cache, temperature, top_k):
+    torch.manual_seed(123)
+    model = KVCacheGPTModel(TINY).eval()
+    idx = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(7)
+    steps = list(generate_tokens(model, idx, 20, 16, temperature, top_k, use_cache=use_cache))
+    torch.manual_seed(7)
+    expected = generate(model, idx, 20, 16, temperature, top_k, use_cache=use_cache)
+    assert all(step.shape == (2, 1) for step in steps) and len(steps) == 20  # the window slides
+    assert torch.equal(torch.cat([idx, *steps], dim=1), expected)
+
+
+def test_generate_tokens_stops_before_eos_and_checks_at_the_call():
+    model = tiny_model().eval()
+    idx = torch.tensor([[15496, 11, 995]])
+    greedy = generate(model, idx, 6, 16)[0, 3:].tolist()
+    eos = greedy[2]
+    assert greedy.index(eos) == 2, "pick a token that does not occur earlier"
+    assert [int(t) for t in generate_tokens(model, idx, 6, 16, eos_id=eos)] == greedy[:2]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_tokens(model, idx, -1, 16)  # no next() needed
+    with pytest.raises(TypeError, match="KVCacheGPTModel"):
+        generate_tokens(model, idx, 1, 16, use_cache=True)
+
+
+def test_generate_tokens_closed_early_empties_the_cache():
+    torch.manual_seed(123)
+    model = KVCacheGPTModel(TINY).eval()
+    steps = generate_tokens(model, torch.tensor([[1, 2, 3]]), 10, 16, use_cache=True)
+    next(steps), next(steps)
+    assert model.cached_tokens == 4  # the prompt and the first new token
+    steps.close()
+    assert model.cached_tokens == 0
+    assert all(block.att.cache_k is None for block in model.trf_blocks)
 
 
 # Training
