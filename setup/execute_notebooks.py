@@ -3,8 +3,8 @@
     python setup/execute_notebooks.py ch03/ch03.ipynb [more.ipynb ...]
     python setup/execute_notebooks.py --clean-only ch03/ch03.ipynb   # strip metadata, run nothing
 
-Each notebook runs in its own folder with the environment of the test suite (the GPT-2 stand-in
-switch of conftest.py), and is saved without run-specific metadata (per-cell execution
+Each notebook runs in its own folder with the environment of the test suite (conftest.py's GPT-2
+stand-in switch and allocator setting), and is saved without run-specific metadata (per-cell execution
 timestamps), so that saving a rerun with the same outputs changes nothing in git. Progress bars
 are saved as they end: a cell's stderr is kept as one output holding what the bars left on
 screen (each "\r" redraw replaces the line, one final line per loop), which is also exactly what
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -115,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from shared.gpt2_weights import STANDIN_ENV
+    import conftest  # noqa: F401  the suite's environment: the stand-in switch, the allocator
 
-    os.environ[STANDIN_ENV] = "1"  # the same switch conftest.py sets for the test suite
     for path in args.notebooks:
         if args.clean_only:
             write_notebook(clean_notebook(json.loads(path.read_text(encoding="utf-8"))), path)
