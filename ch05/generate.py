@@ -24,8 +24,7 @@ from shared.gpt import GPTModel
 from shared.gpt2_weights import GPT2_HF_NAMES, load_pretrained_gpt2
 from shared.pretraining import (
     generate,
-    load_checkpoint,
-    read_checkpoint_extra,
+    load_model_checkpoint,
     text_to_token_ids,
     token_ids_to_text,
 )
@@ -83,17 +82,9 @@ def load_model(args: argparse.Namespace) -> tuple[GPTModel, dict]:
         pretrained = load_pretrained_gpt2(args.gpt2, allow_standin=not args.require_gpt2)
         print(f"Model: {pretrained.description}")
         return pretrained.model, pretrained.config
-    if not args.checkpoint.is_file():
-        raise ValueError(f"checkpoint {args.checkpoint} does not exist")
-    config = read_checkpoint_extra(args.checkpoint).get("config")
-    if config is None:
-        raise ValueError(
-            f"{args.checkpoint} holds no model config; use a checkpoint written by ch05/train.py"
-        )
-    model = GPTModel(config)
-    load_checkpoint(args.checkpoint, model)
+    model, extra = load_model_checkpoint(args.checkpoint)
     print(f"Model: {args.checkpoint} ({sum(p.numel() for p in model.parameters()):,} parameters)")
-    return model.eval(), config
+    return model.eval(), extra["config"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -42,7 +42,7 @@ from shared.preference import (
     load_preference_data,
     train_model_dpo,
 )
-from shared.pretraining import load_checkpoint, read_checkpoint_extra, save_checkpoint
+from shared.pretraining import load_model_checkpoint, save_checkpoint
 from shared.tokenizers import gpt2_tokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -159,12 +159,7 @@ def load_sft_model(path: Path) -> tuple[GPTModel, dict]:
             f"no checkpoint at {path}; run ch07/finetune_instructions.py first, or pass "
             "--sft-checkpoint"
         )
-    extra = read_checkpoint_extra(path)
-    if not isinstance(extra.get("config"), dict):
-        raise ValueError(f"{path} holds no model config; was it saved by finetune_instructions.py?")
-    model = GPTModel(extra["config"])
-    load_checkpoint(path, model)
-    return model, extra
+    return load_model_checkpoint(path)
 
 
 def default_checkpoint(sft_checkpoint: Path) -> Path:

@@ -22,7 +22,7 @@ import torch
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import STANDIN_CONFIG, PretrainedGPT
 from shared.kv_cache import KVCacheGPTModel
-from shared.pretraining import generate_tokens, load_checkpoint, read_checkpoint_extra
+from shared.pretraining import generate_tokens, load_model_checkpoint
 
 # Longest text the apps accept, in characters: four times GPT-2's context of 1,024 tokens at
 # about five characters per token. Longer input is refused with a message, not tokenised.
@@ -70,17 +70,9 @@ def load_gpt_checkpoint(path: str | Path, device: str | torch.device = "cpu") ->
 
     Raises ValueError naming the file when it is missing, holds no config, or does not fit.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
-    extra = read_checkpoint_extra(path)
-    config = extra.get("config")
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} holds no model config (the 'config' entry of save_checkpoint)")
-    model = KVCacheGPTModel(config)
-    load_checkpoint(path, model, map_location="cpu")
-    description = f"{describe_config(config)}, from `{path.name}`"
-    return AppModel(model.to(device).eval(), config, description, extra=extra)
+    model, extra = load_model_checkpoint(path, KVCacheGPTModel)
+    description = f"{describe_config(extra['config'])}, from `{Path(path).name}`"
+    return AppModel(model.to(device).eval(), extra["config"], description, extra=extra)
 
 
 def for_generation(pretrained: PretrainedGPT) -> AppModel:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from shared.data import fetch, written_atomically
 from shared.gpt import GPTModel
-from shared.pretraining import load_checkpoint, read_checkpoint_extra, save_checkpoint
+from shared.pretraining import load_model_checkpoint, read_checkpoint_extra, save_checkpoint
 
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, used to pad messages to a common length
 LABELS = {"ham": 0, "spam": 1}  # class names in the data file -> class index
@@ -399,6 +399,7 @@ def load_classifier(path, device="cpu") -> tuple[GPTModel, dict]:
         raise ValueError(
             f"{path} is not a classifier saved by save_classifier: it lacks {', '.join(missing)}"
         )
-    model = convert_to_classifier(GPTModel(extra["config"]), extra["num_classes"])
-    load_checkpoint(path, model, map_location=device)
+    model, extra = load_model_checkpoint(
+        path, lambda config: convert_to_classifier(GPTModel(config), extra["num_classes"])
+    )
     return model.to(device).eval(), extra

@@ -6,7 +6,7 @@ Shapes: b = batch size, n = number of tokens, V = vocab_size.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from shared.data import written_atomically
 from shared.distributed import get_world_size, is_main_process
+from shared.gpt import GPTModel
 from shared.speed import (
     TrainingOptions,
     accumulation_groups,
@@ -442,3 +443,25 @@ def load_checkpoint(
             raise ValueError(f"{path} holds no optimizer state; it was saved without an optimizer")
         optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
     return dict(checkpoint.get("extra", {}))
+
+
+def load_model_checkpoint(
+    path, build: Callable[[dict], nn.Module] = GPTModel, map_location="cpu"
+) -> tuple[nn.Module, dict]:
+    """The model of a save_checkpoint file that stores its ``config`` entry (ch05/train.py,
+    ch07's scripts, save_classifier): build(config) with the file's weights, and the file's
+    extra entries. build makes the model from the config (GPTModel, KVCacheGPTModel, a
+    classifier); the model stays on the CPU, in the mode build left it.
+
+    Raises ValueError naming the file when it is missing, unreadable or holds no config, and
+    naming the tensors when its weights do not fit (load_checkpoint's errors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
+    extra = read_checkpoint_extra(path)
+    if not isinstance(extra.get("config"), dict):
+        raise ValueError(f"{path} holds no model config (the 'config' entry of save_checkpoint)")
+    model = build(extra["config"])
+    load_checkpoint(path, model, map_location=map_location)
+    return model, extra

@@ -21,6 +21,7 @@ from shared.pretraining import (
     generate,
     generate_tokens,
     load_checkpoint,
+    load_model_checkpoint,
     plot_losses,
     read_checkpoint_extra,
     save_checkpoint,
@@ -407,6 +408,28 @@ def test_wrong_shape_names_the_tensor_and_both_shapes(tmp_path):
     deeper = tiny_model(n_layers=3)
     with pytest.raises(ValueError, match=r"missing \['trf_blocks\.2\."):
         load_checkpoint(tmp_path / "small.pth", deeper)
+
+
+def test_load_model_checkpoint_builds_the_stored_config(tmp_path):
+    model = tiny_model(seed=5)
+    path = save_checkpoint(tmp_path / "model.pth", model, config=TINY, note="hi")
+    loaded, extra = load_model_checkpoint(path)
+    assert type(loaded) is GPTModel and extra == {"config": TINY, "note": "hi"}
+    assert all(
+        torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values())
+    )
+    cached, _ = load_model_checkpoint(path, KVCacheGPTModel)
+    assert type(cached) is KVCacheGPTModel
+
+    with pytest.raises(ValueError, match="nope.pth does not exist"):
+        load_model_checkpoint(tmp_path / "nope.pth")
+    save_checkpoint(tmp_path / "bare.pth", model)
+    with pytest.raises(ValueError, match="bare.pth holds no model config"):
+        load_model_checkpoint(tmp_path / "bare.pth")
+    narrower = tiny_model(emb_dim=16)
+    save_checkpoint(tmp_path / "wrong.pth", narrower, config=TINY)  # a config that does not fit
+    with pytest.raises(ValueError, match="shape"):
+        load_model_checkpoint(tmp_path / "wrong.pth")
 
 
 def test_checkpoints_load_with_weights_only(tmp_path):
