@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from shared.checkpoints import describe_mismatch
 from shared.data import CorruptDataError, DataFile, DataUnavailableError, fetch
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 
@@ -162,13 +163,9 @@ def load_weights_into_gpt(gpt: GPTModel, params: dict[str, torch.Tensor]) -> Non
     missing = [name for name in expected if name not in params]
     unexpected = [name for name in params if name not in expected and name != "lm_head.weight"]
     if missing or unexpected:
-        problems = [
-            f"{len(names)} {kind} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
-            for kind, names in (("missing", missing), ("unexpected", unexpected))
-            if names
-        ]
         raise ValueError(
-            f"the GPT-2 weights do not fit a {n_layers}-layer GPTModel: {'; '.join(problems)}"
+            f"the GPT-2 weights do not fit a {n_layers}-layer GPTModel: "
+            f"{describe_mismatch(missing, unexpected)}"
         )
 
     def linear(layer: torch.nn.Linear, name: str) -> None:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from shared.checkpoints import describe_mismatch
 from shared.data import CorruptDataError, DataFile, DataUnavailableError, fetch
 from shared.gpt2_weights import STANDIN_ENV
 from shared.rope import apply_rope, check_head_dim, rope_tables
@@ -328,11 +329,6 @@ def hf_key_mapping(model: OpenDecoderModel) -> dict[str, str]:
     return mapping
 
 
-def _listed(kind: str, names: list[str]) -> str:
-    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
-    return f"{len(names)} {kind} ({shown})"
-
-
 def load_hf_weights(model: OpenDecoderModel, params: dict[str, torch.Tensor]) -> None:
     """Copy a Hugging Face Llama/Qwen3 checkpoint (tensors by name) into model, in its dtype.
 
@@ -346,12 +342,10 @@ def load_hf_weights(model: OpenDecoderModel, params: dict[str, torch.Tensor]) ->
     missing = sorted(expected - set(params))
     unexpected = sorted(set(params) - expected - ({"lm_head.weight"} if tied else set()))
     if missing or unexpected:
-        problems = [
-            _listed(k, v) for k, v in (("missing", missing), ("unexpected", unexpected)) if v
-        ]
         raise ValueError(
             f"the checkpoint does not fit this {len(model.trf_blocks)}-layer model: "
-            f"{'; '.join(problems)}; build the model with the checkpoint's config"
+            f"{describe_mismatch(missing, unexpected)}; build the model with the checkpoint's "
+            "config"
         )
     targets = dict(model.named_parameters())
     wrong = [

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from shared.checkpoints import describe_mismatch
 from shared.dataset import create_dataloader_v1
 from shared.gpt import GPTModel, generate_text_simple
 from shared.kv_cache import KVCacheGPTModel
@@ -398,6 +399,15 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
         load_checkpoint(tmp_path / "weights.pth", fresh, fresh_optimizer)
 
 
+def test_describe_mismatch_counts_and_shortens_the_lists():
+    assert describe_mismatch([], []) == ""
+    assert describe_mismatch(["a"], []) == "1 missing (a)"
+    names = [f"t{i}" for i in range(8)]
+    assert describe_mismatch(["a", "b"], names, shown=3) == (
+        "2 missing (a, b); 8 unexpected (t0, t1, t2, ...)"
+    )
+
+
 def test_wrong_shape_names_the_tensor_and_both_shapes(tmp_path):
     save_checkpoint(tmp_path / "small.pth", tiny_model())
     bigger = tiny_model(emb_dim=48)
@@ -406,7 +416,9 @@ def test_wrong_shape_names_the_tensor_and_both_shapes(tmp_path):
     ):
         load_checkpoint(tmp_path / "small.pth", bigger)
     deeper = tiny_model(n_layers=3)
-    with pytest.raises(ValueError, match=r"missing \['trf_blocks\.2\."):
+    with pytest.raises(
+        ValueError, match=r"does not match the model: \d+ missing \(trf_blocks\.2\."
+    ):
         load_checkpoint(tmp_path / "small.pth", deeper)
 
 
