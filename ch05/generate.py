@@ -82,7 +82,9 @@ def load_model(args: argparse.Namespace) -> tuple[GPTModel, dict]:
         pretrained = load_pretrained_gpt2(args.gpt2, allow_standin=not args.require_gpt2)
         print(f"Model: {pretrained.description}")
         return pretrained.model, pretrained.config
-    model, extra = load_model_checkpoint(args.checkpoint)
+    model, extra = load_model_checkpoint(
+        args.checkpoint, hint="use a checkpoint written by ch05/train.py"
+    )
     print(f"Model: {args.checkpoint} ({sum(p.numel() for p in model.parameters()):,} parameters)")
     return model.eval(), extra["config"]
 

@@ -159,7 +159,7 @@ def load_sft_model(path: Path) -> tuple[GPTModel, dict]:
             f"no checkpoint at {path}; run ch07/finetune_instructions.py first, or pass "
             "--sft-checkpoint"
         )
-    return load_model_checkpoint(path)
+    return load_model_checkpoint(path, hint="was it saved by finetune_instructions.py?")
 
 
 def default_checkpoint(sft_checkpoint: Path) -> Path:

@@ -3,9 +3,10 @@
     python setup/execute_notebooks.py ch03/ch03.ipynb [more.ipynb ...]
     python setup/execute_notebooks.py --clean-only ch03/ch03.ipynb   # strip metadata, run nothing
 
-Each notebook runs in its own folder with the environment of the test suite (conftest.py's GPT-2
-stand-in switch and allocator setting), and is saved without run-specific metadata (per-cell execution
-timestamps), so that saving a rerun with the same outputs changes nothing in git. Progress bars
+Each notebook runs in its own folder with the environment of the test suite (conftest.py's
+GPT-2 stand-in switch and allocator setting), and is saved without run-specific metadata
+(per-cell execution timestamps), so that saving a rerun with the same outputs changes nothing in
+git. Progress bars
 are saved as they end: a cell's stderr is kept as one output holding what the bars left on
 screen (each "\r" redraw replaces the line, one final line per loop), which is also exactly what
 nbval compares; the evaluations printed on stdout are kept as they came.

@@ -152,7 +152,9 @@ def stream_generate(
 
     idx: the prompt, (1, n). Yields the new token ids so far (a list of length 1, 2, ..., m);
     the last list holds exactly the tokens generate(..., use_cache=True) appends to idx.
-    Closing the iterator early stops the generation and empties the cache.
+    Closing the iterator early stops the generation and empties the cache. One stream at a
+    time per process: the lock is held until the stream ends or is closed (Gradio closes it
+    when a request is cancelled), since the KV cache lives in the model.
     """
     if idx.dim() != 2 or idx.shape[0] != 1:
         raise ValueError(f"idx must be one prompt of shape (1, n), got {tuple(idx.shape)}")

@@ -76,6 +76,8 @@ def _read_checkpoint(path, **load_args) -> dict:
     Raises ValueError in one line naming the file when it is not one: truncated, empty or
     garbage bytes, Python objects that weights_only refuses, or another kind of file.
     """
+    if not Path(path).is_file():
+        raise ValueError(f"checkpoint {path} does not exist")
     try:
         checkpoint = torch.load(path, weights_only=True, **load_args)
     except pickle.UnpicklingError as err:
@@ -137,22 +139,23 @@ def load_checkpoint(
 
 
 def load_model_checkpoint(
-    path, build: Callable[[dict], nn.Module] = GPTModel, map_location="cpu"
+    path, build: Callable[[dict], nn.Module] = GPTModel, map_location="cpu", hint: str = ""
 ) -> tuple[nn.Module, dict]:
     """The model of a save_checkpoint file that stores its ``config`` entry (ch05/train.py,
     ch07's scripts, save_classifier): build(config) with the file's weights, and the file's
     extra entries. build makes the model from the config (GPTModel, KVCacheGPTModel, a
     classifier); the model stays on the CPU, in the mode build left it.
 
-    Raises ValueError naming the file when it is missing, unreadable or holds no config, and
-    naming the tensors when its weights do not fit (load_checkpoint's errors).
+    Raises ValueError naming the file when it is missing, unreadable or holds no config (with
+    hint appended, e.g. which script writes such files), and naming the tensors when its weights
+    do not fit (load_checkpoint's errors).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
     extra = read_checkpoint_extra(path)
     if not isinstance(extra.get("config"), dict):
-        raise ValueError(f"{path} holds no model config (the 'config' entry of save_checkpoint)")
+        raise ValueError(
+            f"{path} holds no model config (the 'config' entry of save_checkpoint)"
+            + (f"; {hint}" if hint else "")
+        )
     model = build(extra["config"])
     load_checkpoint(path, model, map_location=map_location)
     return model, extra

@@ -399,7 +399,8 @@ def load_classifier(path, device="cpu") -> tuple[GPTModel, dict]:
         raise ValueError(
             f"{path} is not a classifier saved by save_classifier: it lacks {', '.join(missing)}"
         )
-    model, extra = load_model_checkpoint(
-        path, lambda config: convert_to_classifier(GPTModel(config), extra["num_classes"])
+    num_classes = extra["num_classes"]
+    model, _ = load_model_checkpoint(
+        path, lambda config: convert_to_classifier(GPTModel(config), num_classes)
     )
     return model.to(device).eval(), extra

@@ -224,10 +224,12 @@ def generate(
 
     generate_tokens yields the same new tokens one step at a time.
     """
-    steps = generate_tokens(
-        model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+    steps = list(
+        generate_tokens(
+            model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+        )
     )
-    return torch.cat([idx, *steps], dim=1)
+    return torch.cat([idx, *steps], dim=1) if steps else idx
 
 
 def generate_tokens(
@@ -242,7 +244,9 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """generate, one step at a time: yields each step's new token ids (b, 1), the tokens
     generate appends, for streaming them as they come. The settings are checked at the call,
-    not at the first step. Stopping early (closing the iterator) empties the KV cache.
+    not at the first step. Stopping early (closing the iterator) empties the KV cache. With
+    use_cache, iterate one generation at a time per model: the cache lives in the model, and
+    the first step resets it.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

@@ -294,7 +294,8 @@ def yardstick(chosen: list[Variant], v: Variant, model: str, results: dict[Varia
 
 def round_order(chosen: list[Variant], round_index: int, rounds: int) -> list[Variant]:
     """chosen rotated so that the rounds start at variants spread over the list: no variant
-    always runs first (after the peak timing) or right after the same neighbour."""
+    runs first (right after the matmul peak timing) in every round. The order is otherwise
+    kept, so each variant follows the same neighbour except when it starts a round."""
     start = round_index * len(chosen) // max(rounds, 1) % max(len(chosen), 1)
     return chosen[start:] + chosen[:start]
 
