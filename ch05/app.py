@@ -77,7 +77,6 @@ def complete(
             f"The prompt has {idx.shape[1]:,} tokens, more than the model's context of "
             f"{context:,}: the model sees only its last {context:,}. "
         )
-    torch.manual_seed(int(seed))
     start, new_ids = time.perf_counter(), []
     try:
         for new_ids in stream_generate(
@@ -88,6 +87,7 @@ def complete(
             temperature=float(temperature),
             top_k=int(top_k) or None,
             eos_id=tokenizer.eot_token,
+            seed=int(seed),  # this request's own random numbers
         ):
             yield tokenizer.decode(new_ids), note + f"Generating: {len(new_ids)} tokens ..."
     except ValueError as err:  # settings out of range (possible through the API)

@@ -165,7 +165,6 @@ def respond(app_model: AppModel, tokenizer, device, message, history, max_new_to
     note = f"{forgotten} earlier turn(s) no longer fit the context and were left out. " * (
         forgotten > 0
     )
-    torch.manual_seed(123)
     start, new_ids = time.perf_counter(), []
     for new_ids in stream_generate(
         app_model.model,
@@ -174,6 +173,7 @@ def respond(app_model: AppModel, tokenizer, device, message, history, max_new_to
         context,
         temperature=float(temperature),
         eos_id=END_OF_TEXT_ID,
+        seed=123,  # this request's own random numbers
     ):
         history[-1]["content"] = tokenizer.decode(new_ids).strip()
         yield history, "", note + f"Answering: {len(new_ids)} tokens ..."

@@ -147,11 +147,14 @@ def stream_generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int | None = None,
+    seed: int | None = None,
 ) -> Iterator[list[int]]:
     """shared.pretraining.generate with the KV cache, one token at a time.
 
     idx: the prompt, (1, n). Yields the new token ids so far (a list of length 1, 2, ..., m);
     the last list holds exactly the tokens generate(..., use_cache=True) appends to idx.
+    seed: sample with a generator of this request's own, seeded so (None: PyTorch's global
+    random numbers); the same seed gives the tokens of torch.manual_seed(seed) and generate.
     Closing the iterator early stops the generation and empties the cache. One stream at a
     time per process: the lock is held until the stream ends or is closed (Gradio closes it
     when a request is cancelled), since the KV cache lives in the model.
@@ -160,7 +163,15 @@ def stream_generate(
         raise ValueError(f"idx must be one prompt of shape (1, n), got {tuple(idx.shape)}")
     with _GENERATION_LOCK:
         steps = generate_tokens(
-            model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache=True
+            model,
+            idx,
+            max_new_tokens,
+            context_size,
+            temperature,
+            top_k,
+            eos_id,
+            use_cache=True,
+            generator=None if seed is None else torch.Generator(idx.device).manual_seed(seed),
         )
         new_ids: list[int] = []
         with contextlib.closing(steps):

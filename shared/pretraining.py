@@ -206,6 +206,7 @@ def generate(
     top_k: int | None = None,
     eos_id: int | None = None,
     use_cache: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Extend the token ids idx (b, n) by up to max_new_tokens tokens.
 
@@ -222,11 +223,21 @@ def generate(
     Once the window of context_size tokens is full it slides, which shifts every token's absolute
     position, so from then on the cache is refilled from the window at each step.
 
+    generator: the random numbers for sampling (None: PyTorch's global ones, which
+    torch.manual_seed sets); one per request keeps concurrent requests reproducible.
     generate_tokens yields the same new tokens one step at a time.
     """
     steps = list(
         generate_tokens(
-            model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+            model,
+            idx,
+            max_new_tokens,
+            context_size,
+            temperature,
+            top_k,
+            eos_id,
+            use_cache,
+            generator,
         )
     )
     return torch.cat([idx, *steps], dim=1) if steps else idx
@@ -241,6 +252,7 @@ def generate_tokens(
     top_k: int | None = None,
     eos_id: int | None = None,
     use_cache: bool = False,
+    generator: torch.Generator | None = None,
 ) -> Iterator[torch.Tensor]:
     """generate, one step at a time: yields each step's new token ids (b, 1), the tokens
     generate appends, for streaming them as they come. The settings are checked at the call,
@@ -260,12 +272,12 @@ def generate_tokens(
             "build shared.kv_cache.KVCacheGPTModel(cfg) and load the same state_dict"
         )
     return _generation_steps(
-        model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+        model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache, generator
     )
 
 
 def _generation_steps(
-    model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache
+    model, idx, max_new_tokens, context_size, temperature, top_k, eos_id, use_cache, generator
 ) -> Iterator[torch.Tensor]:
     """The loop of generate_tokens, after its checks."""
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
@@ -273,9 +285,8 @@ def _generation_steps(
         model.reset_kv_cache()
     try:
         for _ in range(max_new_tokens):
-            idx_next = pick_next_token(
-                next_token_logits(model, idx, context_size, use_cache), temperature, top_k
-            )
+            logits = next_token_logits(model, idx, context_size, use_cache)
+            idx_next = pick_next_token(logits, temperature, top_k, generator)
             if eos_id is not None:
                 idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
                 finished |= idx_next.squeeze(1) == eos_id
@@ -305,7 +316,10 @@ def next_token_logits(
 
 
 def pick_next_token(
-    logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The next token ids (b, 1) from logits (b, V): the most likely (temperature 0) or a sample
     from softmax(logits / temperature) among the top_k most likely (all when top_k is None)."""
@@ -314,7 +328,7 @@ def pick_next_token(
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
     if temperature > 0.0:
         probs = torch.softmax(logits / temperature, dim=-1)
-        return torch.multinomial(probs, num_samples=1)  # (b, 1)
+        return torch.multinomial(probs, num_samples=1, generator=generator)  # (b, 1)
     return torch.argmax(logits, dim=-1, keepdim=True)  # (b, 1)
 
 

@@ -82,6 +82,18 @@ def test_stream_generate_yields_generates_tokens_one_at_a_time(
     assert streamed[-1] == expected.tolist()
 
 
+def test_stream_generate_with_a_seed_keeps_its_own_random_numbers():
+    model = tiny_model()
+    idx = torch.tensor([[15496, 11, 995]])
+    torch.manual_seed(5)
+    expected = generate(model, idx, 10, 96, temperature=1.5)[0, 3:].tolist()
+    stream = stream_generate(model, idx, 10, 96, temperature=1.5, seed=5)
+    first = next(stream)
+    torch.manual_seed(999)  # another request seeding the global generator halfway
+    torch.rand(100)
+    assert list(stream)[-1] == expected and first == expected[:1]
+
+
 def test_stream_generate_stops_at_eos_and_when_closed():
     model = tiny_model()
     idx = torch.tensor([[15496, 11, 995]])
