@@ -7,16 +7,28 @@
   generation feeds only the newest token (ch04/kv-cache.ipynb builds one step by step);
   shared.kv_cache.KVCacheGPTModel uses it.
 
-shared.gpt.GPTModel picks one by its config (see shared.gpt.build_attention). Shapes: b = batch
-size, n = number of tokens, h = number of heads, d_head = d_out // h.
+Both subclass MultiHeadAttention and add no parameters, so a built model's attention layers can
+become them in place (swap_class): shared.fused_kernels.use_fused_kernels and KVCacheGPTModel do.
+Shapes: b = batch size, n = number of tokens, h = number of heads, d_head = d_out // h.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from shared.attention import MultiHeadAttention
+
+
+def swap_class(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """Make module an instance of cls, in place, and return it. cls must subclass the module's
+    class and add no parameters or buffers (only methods), so the module keeps its weights,
+    state_dict, device, dtype and hooks; torch.nn.utils.parametrize swaps classes the same way."""
+    if not issubclass(cls, type(module)):
+        raise TypeError(f"{cls.__name__} does not subclass {type(module).__name__}")
+    module.__class__ = cls
+    return module
 
 
 def stacked_qkv_weights(att: MultiHeadAttention) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -85,17 +97,26 @@ class KVCacheMultiHeadAttention(MultiHeadAttention):
     ):
         super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
         self.fused = fused
+        self.reset_cache()
+
+    @classmethod
+    def from_attention(
+        cls, att: MultiHeadAttention, fused: bool = False
+    ) -> KVCacheMultiHeadAttention:
+        """att (a MultiHeadAttention, weights and all) made into this class in place, cache empty."""
+        att = swap_class(att, cls)
+        att.fused = fused
+        att.reset_cache()
+        return att
+
+    def reset_cache(self) -> None:
+        """Forget the cached keys and values (and the stacked weights kept for them)."""
         self.cache_k: torch.Tensor | None = None  # (b, h, cached, d_head)
         self.cache_v: torch.Tensor | None = None
         # Fused path, cached generation without autograd: the stacked query, key and value
         # weights, (weight, bias), made at the first step and reused while the cache holds keys
         # (the cached keys and values assume unchanged weights anyway); reset_cache() frees them.
         self.stacked_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
-
-    def reset_cache(self) -> None:
-        """Forget the cached keys and values (and the stacked weights kept for them)."""
-        self.cache_k = self.cache_v = None
-        self.stacked_qkv = None
 
     def project_qkv(self, x: torch.Tensor, use_cache: bool) -> tuple[torch.Tensor, ...]:
         """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head)."""

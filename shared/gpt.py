@@ -1,5 +1,7 @@
 """The GPT model of Chapter 4: layer norm, GELU, feed-forward, transformer block, GPTModel.
 
+The same model with PyTorch's fused kernels is shared.fused_kernels.use_fused_kernels(model), and
+with a key/value cache for generation shared.kv_cache.KVCacheGPTModel: both keep these weights.
 Shapes: b = batch size, n = number of tokens, d = emb_dim, V = vocab_size.
 """
 
@@ -8,11 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shared.attention import MultiHeadAttention
-from shared.fast_attention import FusedMultiHeadAttention, KVCacheMultiHeadAttention
 
 GPT_CONFIG_124M = {
     "vocab_size": 50257,  # GPT-2's BPE vocabulary
@@ -40,20 +40,16 @@ class LayerNorm(nn.Module):
     """Normalise the last dimension to mean 0 and variance 1, then scale and shift.
 
     Uses the biased variance (divide by d) and eps=1e-5, like torch.nn.LayerNorm.
-    fused=True computes the same with PyTorch's single layer_norm kernel.
     forward: x (..., d) -> (..., d)
     """
 
-    def __init__(self, emb_dim: int, eps: float = 1e-5, fused: bool = False):
+    def __init__(self, emb_dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
-        self.fused = fused
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
         mean = x.mean(dim=-1, keepdim=True)
         var = x.var(dim=-1, keepdim=True, unbiased=False)
         norm_x = (x - mean) / torch.sqrt(var + self.eps)
@@ -63,17 +59,10 @@ class LayerNorm(nn.Module):
 class GELU(nn.Module):
     """Gaussian error linear unit, in the tanh approximation that GPT-2 used.
 
-    fused=True computes the same with PyTorch's single gelu kernel.
     forward: x (any shape) -> same shape
     """
 
-    def __init__(self, fused: bool = False):
-        super().__init__()
-        self.fused = fused
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused:
-            return F.gelu(x, approximate="tanh")
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
@@ -87,7 +76,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             nn.Linear(cfg["emb_dim"], 4 * cfg["emb_dim"]),
-            GELU(fused=cfg.get("fused_kernels", False)),
+            GELU(),
             nn.Linear(4 * cfg["emb_dim"], cfg["emb_dim"]),
         )
 
@@ -101,27 +90,6 @@ def dropout_rate(cfg: dict, where: str) -> float:
     return cfg.get(f"drop_rate_{where}", cfg["drop_rate"])
 
 
-def build_attention(cfg: dict) -> MultiHeadAttention:
-    """The attention module of one transformer block of cfg.
-
-    Chapter 3's MultiHeadAttention by default. Its fast paths have the same weights and
-    state_dict: cfg["kv_cache"] gives KVCacheMultiHeadAttention (computing like the fused path
-    when cfg["fused_kernels"] is also set), cfg["fused_kernels"] alone FusedMultiHeadAttention.
-    """
-    args = dict(
-        d_in=cfg["emb_dim"],
-        d_out=cfg["emb_dim"],
-        context_length=cfg["context_length"],
-        dropout=dropout_rate(cfg, "attn"),
-        num_heads=cfg["n_heads"],
-        qkv_bias=cfg["qkv_bias"],
-    )
-    fused = cfg.get("fused_kernels", False)
-    if cfg.get("kv_cache", False):
-        return KVCacheMultiHeadAttention(**args, fused=fused)
-    return FusedMultiHeadAttention(**args) if fused else MultiHeadAttention(**args)
-
-
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: attention and feed-forward, each with a shortcut.
 
@@ -130,10 +98,17 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, cfg: dict):
         super().__init__()
-        self.att = build_attention(cfg)
+        self.att = MultiHeadAttention(
+            d_in=cfg["emb_dim"],
+            d_out=cfg["emb_dim"],
+            context_length=cfg["context_length"],
+            dropout=dropout_rate(cfg, "attn"),
+            num_heads=cfg["n_heads"],
+            qkv_bias=cfg["qkv_bias"],
+        )
         self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
-        self.norm2 = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
+        self.norm1 = LayerNorm(cfg["emb_dim"])
+        self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(dropout_rate(cfg, "shortcut"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,11 +123,7 @@ class GPTModel(nn.Module):
     cfg keys: vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias; and,
     optionally:
     - drop_rate_emb, drop_rate_attn, drop_rate_shortcut: separate dropout rates after the
-      embeddings, on the attention weights, and before each shortcut (each defaults to drop_rate);
-    - fused_kernels (default False): the fast path, with the same weights and results, that uses
-      PyTorch's fused kernels for attention (FusedMultiHeadAttention), layer norm and GELU.
-    For generation with a key/value cache, shared.kv_cache.KVCacheGPTModel takes the same cfg and
-    state_dict.
+      embeddings, on the attention weights, and before each shortcut (each defaults to drop_rate).
     forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size);
     hidden_states: the same ids -> the final layer norm's output (b, n, emb_dim), which out_head
     turns into the logits (for a loss that needs the logits at a few positions only).
@@ -165,7 +136,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])
         self.drop_emb = nn.Dropout(dropout_rate(cfg, "emb"))
         self.trf_blocks = nn.Sequential(*(TransformerBlock(cfg) for _ in range(cfg["n_layers"])))
-        self.final_norm = LayerNorm(cfg["emb_dim"], fused=cfg.get("fused_kernels", False))
+        self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import torch
 
+from shared.fast_attention import KVCacheMultiHeadAttention
 from shared.gpt import GPTModel
 
 
 class KVCacheGPTModel(GPTModel):
     """GPTModel whose attention layers can cache keys and values: same cfg, weights, state_dict
-    and outputs as GPTModel (cfg["fused_kernels"] works as there).
+    and outputs as GPTModel (and the same random initial weights for the same seed);
+    shared.fused_kernels.use_fused_kernels(model) gives it the fused kernels.
 
     forward(in_idx) computes what GPTModel computes. forward(in_idx, use_cache=True) is for
     generation: the ids (b, n) continue the ones seen since the last reset_kv_cache(), so they
@@ -22,7 +24,9 @@ class KVCacheGPTModel(GPTModel):
     """
 
     def __init__(self, cfg: dict):
-        super().__init__({**cfg, "kv_cache": True})
+        super().__init__(cfg)
+        for block in self.trf_blocks:
+            KVCacheMultiHeadAttention.from_attention(block.att)
         self.cached_tokens = 0  # positions held in the cache
 
     def reset_kv_cache(self) -> None:

@@ -20,16 +20,6 @@ from shared.checkpoints import (  # noqa: F401  the chapter's checkpoints, kept 
     read_checkpoint_extra,
     save_checkpoint,
 )
-from shared.distributed import get_world_size, is_main_process
-from shared.speed import (
-    TrainingOptions,
-    accumulation_groups,
-    apply_lr_schedule,
-    autocast_context,
-    steps_per_epoch,
-    train_step,
-    unwrap_model,
-)
 from shared.tokenizers import END_OF_TEXT
 
 
@@ -121,6 +111,35 @@ def generate_and_print_sample(model: nn.Module, tokenizer, device, start_context
     return text
 
 
+def evaluate_and_print(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    device,
+    eval_iter: int,
+    epoch: int,
+    step: int,
+    show: bool = True,
+) -> tuple[float, float]:
+    """evaluate_model, printing the losses as "Ep 1 (Step 000000): Train loss ..., Val loss ..."
+    (epoch counted from 0, shown from 1; show=False prints nothing). Returns (train, val)."""
+    train_loss, val_loss = evaluate_model(model, train_loader, val_loader, device, eval_iter)
+    if show:
+        tqdm.write(
+            f"Ep {epoch + 1} (Step {step:06d}): "
+            f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
+        )
+    return train_loss, val_loss
+
+
+def check_training_args(train_loader, eval_freq: int, eval_iter: int) -> None:
+    """A clear error for evaluation settings below 1 and for a loader with no batches."""
+    if eval_freq < 1 or eval_iter < 1:
+        raise ValueError(f"eval_freq ({eval_freq}) and eval_iter ({eval_iter}) must be >= 1")
+    if len(train_loader) == 0:
+        raise ValueError("the training loader yields no batches; there is nothing to train on")
+
+
 def train_model_simple(
     model: nn.Module,
     train_loader,
@@ -132,68 +151,41 @@ def train_model_simple(
     eval_iter: int,
     start_context: str | None,
     tokenizer,
-    *,
-    options: TrainingOptions | None = None,
 ) -> tuple[list[float], list[float], list[int]]:
-    """Train for num_epochs over train_loader, minimising calc_loss_batch.
+    """Train for num_epochs over train_loader, minimising calc_loss_batch: the book's loop.
 
     Every eval_freq optimizer steps (starting with the first) it evaluates on eval_iter batches
     of each loader and prints the losses; after each epoch it prints a greedy continuation of
     start_context (None: no sample, which saves 50 forward passes per epoch). A tqdm bar counts
-    the steps.
-    Returns (train_losses, val_losses, track_tokens_seen), one entry per evaluation.
-
-    options (shared.speed.TrainingOptions): bf16 autocast, torch.compile, gradient accumulation
-    (one optimizer step per grad_accumulation_steps batches), learning-rate warmup and cosine
-    decay over this call's steps, gradient clipping. None or the defaults: the book's loop.
-
-    Data parallel: model may be wrapped in DistributedDataParallel and train_loader may use a
-    DistributedSampler, whose set_epoch is called every epoch. Every process then evaluates its
-    own loaders with the unwrapped model: no communication, so no process waits on another, and
-    it takes no extra time since the others would wait for the slowest one at the next step
-    anyway. Only rank 0 prints (losses, samples, progress bar); tokens seen count the tokens of
-    all processes.
+    the steps. Returns (train_losses, val_losses, track_tokens_seen), one entry per evaluation.
+    shared.speed.train_model is this loop with bf16, torch.compile, gradient accumulation, a
+    learning-rate schedule, clipping and data parallelism.
     """
-    options = options or TrainingOptions()
-    if eval_freq < 1 or eval_iter < 1:
-        raise ValueError(f"eval_freq ({eval_freq}) and eval_iter ({eval_iter}) must be >= 1")
-    if len(train_loader) == 0:
-        raise ValueError("the training loader yields no batches; there is nothing to train on")
+    check_training_args(train_loader, eval_freq, eval_iter)
     train_losses, val_losses, track_tokens_seen = [], [], []
     tokens_seen, global_step = 0, 0
-    plain_model = unwrap_model(model)
-    step_model = torch.compile(model) if options.compile else model
-    main, processes = is_main_process(), get_world_size()
-    total_steps = num_epochs * steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
-    sampler = getattr(train_loader, "sampler", None)
 
     model.train()
-    with tqdm(total=total_steps, desc="Training", unit="step", disable=not main) as bar:
+    with tqdm(total=num_epochs * len(train_loader), desc="Training", unit="step") as bar:
         for epoch in range(num_epochs):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            for batches in accumulation_groups(train_loader, options.grad_accumulation_steps):
-                apply_lr_schedule(optimizer, global_step, total_steps, options)
-                train_step(step_model, batches, optimizer, device, options, loss_fn=calc_loss_batch)
-                tokens_seen += sum(inputs.numel() for inputs, _ in batches) * processes
+            for input_batch, target_batch in train_loader:
+                optimizer.zero_grad()  # reset the gradients of the previous batch
+                loss = calc_loss_batch(input_batch, target_batch, model, device)
+                loss.backward()  # gradients of the loss
+                optimizer.step()  # update the weights with them
+                tokens_seen += input_batch.numel()
 
                 if global_step % eval_freq == 0:
-                    with autocast_context(device, options.bf16):
-                        train_loss, val_loss = evaluate_model(
-                            plain_model, train_loader, val_loader, device, eval_iter
-                        )
-                    train_losses.append(train_loss)
-                    val_losses.append(val_loss)
+                    losses = evaluate_and_print(
+                        model, train_loader, val_loader, device, eval_iter, epoch, global_step
+                    )
+                    train_losses.append(losses[0])
+                    val_losses.append(losses[1])
                     track_tokens_seen.append(tokens_seen)
-                    if main:
-                        tqdm.write(
-                            f"Ep {epoch + 1} (Step {global_step:06d}): "
-                            f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
-                        )
                 global_step += 1
                 bar.update(1)
-            if main and start_context is not None:
-                generate_and_print_sample(plain_model, tokenizer, device, start_context)
+            if start_context is not None:
+                generate_and_print_sample(model, tokenizer, device, start_context)
     return train_losses, val_losses, track_tokens_seen
 
 

@@ -4,8 +4,8 @@
 ``torch.compile``, gradient accumulation, learning-rate warmup and cosine decay, gradient
 clipping). Every option is off by default, and then a step is exactly the book's:
 ``zero_grad``, loss, ``backward``, ``step``. ``train_step`` performs one optimizer step with the
-options; ``shared.pretraining.train_model_simple`` and ``ch05/train.py`` both use it, passing
-the loss function (``calc_loss_batch``) in, so this module does not import shared.pretraining.
+options, given the loss function (Chapter 5's ``calc_loss_batch``); ``train_model`` is Chapter
+5's ``train_model_simple`` built on it (and on data parallelism); ``ch05/train.py`` steps with it.
 
 Shapes: b = batch size (rows of one micro-batch), n = number of tokens.
 """
@@ -20,6 +20,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from shared.distributed import get_world_size, is_main_process
+from shared.pretraining import (
+    calc_loss_batch,
+    check_training_args,
+    evaluate_and_print,
+    generate_and_print_sample,
+)
 
 
 @dataclass(frozen=True)
@@ -220,3 +229,72 @@ def train_step(
         torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
     optimizer.step()
     return total / count
+
+
+def train_model(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    optimizer: torch.optim.Optimizer,
+    device,
+    num_epochs: int,
+    eval_freq: int,
+    eval_iter: int,
+    start_context: str | None,
+    tokenizer,
+    *,
+    options: TrainingOptions | None = None,
+) -> tuple[list[float], list[float], list[int]]:
+    """shared.pretraining.train_model_simple with options: the same arguments and results.
+
+    options (TrainingOptions): bf16 autocast, torch.compile, gradient accumulation
+    (one optimizer step per grad_accumulation_steps batches), learning-rate warmup and cosine
+    decay over this call's steps, gradient clipping. None or the defaults: the book's loop.
+
+    Data parallel: model may be wrapped in DistributedDataParallel and train_loader may use a
+    DistributedSampler, whose set_epoch is called every epoch. Every process then evaluates its
+    own loaders with the unwrapped model: no communication, so no process waits on another, and
+    it takes no extra time since the others would wait for the slowest one at the next step
+    anyway. Only rank 0 prints (losses, samples, progress bar); tokens seen count the tokens of
+    all processes.
+    """
+    options = options or TrainingOptions()
+    check_training_args(train_loader, eval_freq, eval_iter)
+    train_losses, val_losses, track_tokens_seen = [], [], []
+    tokens_seen, global_step = 0, 0
+    plain_model = unwrap_model(model)
+    step_model = torch.compile(model) if options.compile else model
+    main, processes = is_main_process(), get_world_size()
+    total_steps = num_epochs * steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
+    sampler = getattr(train_loader, "sampler", None)
+
+    model.train()
+    with tqdm(total=total_steps, desc="Training", unit="step", disable=not main) as bar:
+        for epoch in range(num_epochs):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+            for batches in accumulation_groups(train_loader, options.grad_accumulation_steps):
+                apply_lr_schedule(optimizer, global_step, total_steps, options)
+                train_step(step_model, batches, optimizer, device, options, loss_fn=calc_loss_batch)
+                tokens_seen += sum(inputs.numel() for inputs, _ in batches) * processes
+
+                if global_step % eval_freq == 0:
+                    with autocast_context(device, options.bf16):
+                        losses = evaluate_and_print(
+                            plain_model,
+                            train_loader,
+                            val_loader,
+                            device,
+                            eval_iter,
+                            epoch,
+                            global_step,
+                            show=main,
+                        )
+                    train_losses.append(losses[0])
+                    val_losses.append(losses[1])
+                    track_tokens_seen.append(tokens_seen)
+                global_step += 1
+                bar.update(1)
+            if main and start_context is not None:
+                generate_and_print_sample(plain_model, tokenizer, device, start_context)
+    return train_losses, val_losses, track_tokens_seen

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from shared.corpus import TokenWindowDataset
 from shared.data import fetch
 from shared.distributed import get_world_size, is_main_process, setup_distributed
-from shared.pretraining import calc_loss_batch, read_checkpoint_extra, train_model_simple
-from shared.speed import TrainingOptions, train_step
+from shared.pretraining import calc_loss_batch, read_checkpoint_extra
+from shared.speed import TrainingOptions, train_model, train_step
 from shared.tokenizers import gpt2_tokenizer
 from tests.test_pretraining import TINY, one_thread, tiny_model  # noqa: F401  (autouse)
 
@@ -62,7 +62,7 @@ class RecordingSampler(DistributedSampler):
 
 
 def ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    """One rank: DDP train_step on its half of the global batch, then train_model_simple."""
+    """One rank: DDP train_step on its half of the global batch, then train_model."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
@@ -79,12 +79,12 @@ def ddp_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
         ]
         after_steps = {k: v.clone() for k, v in model.state_dict().items()}
 
-        # train_model_simple under DDP: set_epoch every epoch, only rank 0 prints.
+        # train_model under DDP: set_epoch every epoch, only rank 0 prints.
         sampler = RecordingSampler(TensorDataset(inputs, targets), shuffle=True, seed=5)
         loader = DataLoader(TensorDataset(inputs, targets), batch_size=2, sampler=sampler)
         output = io.StringIO()
         with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
-            _, _, tokens_seen = train_model_simple(
+            _, _, tokens_seen = train_model(
                 ddp_model, loader, loader, optimizer, "cpu", 2, 1, 1, "I", gpt2_tokenizer()
             )
         torch.save(
@@ -155,7 +155,7 @@ def test_ddp_equals_one_process_on_the_global_batch(tmp_path):
         assert torch.equal(ranks[0]["after_steps"][name], ranks[1]["after_steps"][name]), name
         torch.testing.assert_close(ranks[0]["after_steps"][name], weight, atol=1e-5, rtol=1e-4)
 
-    # train_model_simple under DDP: same weights everywhere, set_epoch, output on rank 0 only.
+    # train_model under DDP: same weights everywhere, set_epoch, output on rank 0 only.
     for name, weight in ranks[0]["final"].items():
         assert torch.equal(weight, ranks[1]["final"][name]), name
     assert not torch.equal(
@@ -211,7 +211,7 @@ def test_train_script_under_torchrun_trains_resumes_and_logs_on_rank_0(tmp_path)
     corpus = tmp_path / "verdict-part.txt"
     corpus.write_text(fetch("the-verdict").read_text(encoding="utf-8")[:5000], encoding="utf-8")
     run_dir, tokens = tmp_path / "run", tmp_path / "tokens.bin"
-    common = ["--model", "tiny", "--context-length", "16", "--batch-size", "2", "--lr", "3e-3"]
+    common = ["--size", "tiny", "--context-length", "16", "--batch-size", "2", "--lr", "3e-3"]
     common += ["--eval-freq", "8", "--dropout", "0", "--device", "cpu"]
     common += ["--checkpoint-dir", run_dir]
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from shared.attention import MultiHeadAttention
-from shared.fast_attention import FusedMultiHeadAttention, KVCacheMultiHeadAttention
-from shared.gpt import GPTModel
+from shared.fast_attention import FusedMultiHeadAttention, KVCacheMultiHeadAttention, swap_class
+from shared.fused_kernels import FusedGELU, FusedLayerNorm, use_fused_kernels
+from shared.gpt import GELU, GPTModel, LayerNorm
 from shared.kv_cache import KVCacheGPTModel
 
 TINY = {
@@ -20,12 +21,12 @@ TINY = {
     "qkv_bias": True,
 }
 
-# Every way to build the model: (class, extra cfg keys).
+# Every way to build the model: (class, with the fused kernels).
 PATHS = {
-    "plain": (GPTModel, {}),
-    "fused": (GPTModel, {"fused_kernels": True}),
-    "kv cache": (KVCacheGPTModel, {}),
-    "kv cache, fused": (KVCacheGPTModel, {"fused_kernels": True}),
+    "plain": (GPTModel, False),
+    "fused": (GPTModel, True),
+    "kv cache": (KVCacheGPTModel, False),
+    "kv cache, fused": (KVCacheGPTModel, True),
 }
 
 
@@ -39,8 +40,10 @@ def path_model(name: str, **overrides) -> GPTModel:
     """The model of PATHS[name], holding the weights of GPTModel built with seed 1, in eval mode."""
     torch.manual_seed(1)
     weights = GPTModel({**TINY, **overrides}).state_dict()
-    cls, extra = PATHS[name]
-    model = cls({**TINY, **overrides, **extra}).eval()
+    cls, fused = PATHS[name]
+    model = cls({**TINY, **overrides}).eval()
+    if fused:
+        use_fused_kernels(model)
     model.load_state_dict(weights)  # same keys, so this is strict
     return model
 
@@ -73,12 +76,47 @@ def test_every_path_has_the_plain_state_dict_and_outputs(name):
         assert torch.equal(other(ids), plain(ids))
 
 
-def test_config_chooses_the_attention_class():
-    assert type(path_model("plain").trf_blocks[0].att) is MultiHeadAttention
-    assert type(path_model("fused").trf_blocks[0].att) is FusedMultiHeadAttention
+def test_each_path_has_its_classes():
+    plain, fused = path_model("plain"), path_model("fused")
+    assert type(plain.trf_blocks[0].att) is MultiHeadAttention
+    assert type(fused.trf_blocks[0].att) is FusedMultiHeadAttention
+    assert (
+        type(fused.final_norm) is FusedLayerNorm
+        and type(fused.trf_blocks[1].norm2) is FusedLayerNorm
+    )
+    assert type(fused.trf_blocks[0].ff.layers[1]) is FusedGELU
     for name in ("kv cache", "kv cache, fused"):
         att = path_model(name).trf_blocks[0].att
         assert type(att) is KVCacheMultiHeadAttention and att.fused == name.endswith("fused")
+
+
+def test_fast_paths_start_from_the_same_random_weights():
+    """Built with the same seed, every path holds GPTModel's initial weights (no re-initialising)."""
+    torch.manual_seed(3)
+    expected = GPTModel(TINY).state_dict()
+    for cls, fused in PATHS.values():
+        torch.manual_seed(3)
+        model = cls(TINY)
+        if fused:
+            use_fused_kernels(model)
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+
+
+def test_use_fused_kernels_keeps_parameters_and_leaves_subclasses_alone():
+    from shared.attention_variants import GroupedQueryAttention
+
+    model = GPTModel(TINY)
+    model.trf_blocks[1].att = GroupedQueryAttention(48, 48, 24, 0.0, 4, num_kv_groups=2)
+    before = list(model.parameters())
+    use_fused_kernels(model)
+    assert type(model.trf_blocks[1].att) is GroupedQueryAttention  # its own forward stays
+    assert all(p is q for p, q in zip(model.parameters(), before, strict=True))  # the same tensors
+
+
+def test_swap_class_needs_a_subclass():
+    with pytest.raises(TypeError, match="FusedGELU does not subclass LayerNorm"):
+        swap_class(LayerNorm(8), FusedGELU)
 
 
 def test_fused_gradients_equal_plain():
@@ -150,7 +188,7 @@ def test_cached_generation_under_inference_mode():
 
     with torch.inference_mode():
         torch.manual_seed(0)
-        model = KVCacheGPTModel({**TINY, "fused_kernels": True}).eval()
+        model = use_fused_kernels(KVCacheGPTModel(TINY)).eval()
         prompt = torch.randint(0, TINY["vocab_size"], (1, 4))
         args = dict(max_new_tokens=6, context_size=TINY["context_length"])
         cached = generate(model, prompt, **args, use_cache=True)
@@ -158,17 +196,16 @@ def test_cached_generation_under_inference_mode():
 
 
 def test_fused_layer_norm_and_gelu_equal_plain():
-    from shared.gpt import GELU, LayerNorm
-
     torch.manual_seed(0)
     x = torch.randn(3, 7, 48) * 3
-    plain, fused = LayerNorm(48), LayerNorm(48, fused=True)
+    plain = LayerNorm(48)
     with torch.no_grad():
         plain.scale.uniform_(0.5, 1.5)
         plain.shift.uniform_(-0.5, 0.5)
+    fused = FusedLayerNorm(48)
     fused.load_state_dict(plain.state_dict())
     torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=0)
-    torch.testing.assert_close(GELU(fused=True)(x), GELU()(x), atol=1e-5, rtol=0)
+    torch.testing.assert_close(FusedGELU()(x), GELU()(x), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -262,3 +263,74 @@ def test_machine_path_check_sees_outputs_but_not_images():
     }
     hits = [s for s in strings(notebook) if any(p in s for p in MACHINE_PATHS)]
     assert hits == ["saved to /tmp/abc/model.pth\n"]
+
+
+# The chapters' finished code, and the course modules each may import: only earlier chapters and
+# the helpers every chapter uses. Fast paths (fused kernels, KV cache, training options, data
+# parallelism) and bonus modules are built on these, never the other way round.
+HELPERS = {"shared.data", "shared.device"}
+CHAPTER_IMPORTS = {
+    "tokenizers": HELPERS,
+    "dataset": HELPERS | {"shared.tokenizers"},
+    "attention": set(),
+    "gpt": {"shared.attention"},
+    "checkpoints": HELPERS | {"shared.gpt"},
+    "pretraining": HELPERS | {"shared.tokenizers", "shared.gpt", "shared.checkpoints"},
+    "gpt2_weights": HELPERS | {"shared.gpt", "shared.checkpoints"},
+    "classification": HELPERS | {"shared.gpt", "shared.pretraining", "shared.checkpoints"},
+    "instruction": HELPERS | {"shared.pretraining", "shared.tokenizers"},
+}
+
+
+def course_imports(path: Path) -> set[str]:
+    """The shared modules a Python file imports anywhere in its source (at the top or inside a
+    function), found by reading the source."""
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shared"):
+            imported.add(node.module)
+            if node.module == "shared":
+                imported |= {f"shared.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names if a.name.startswith("shared")}
+    return imported
+
+
+def shared_imports() -> dict[str, set[str]]:
+    """For every module of the shared package, the shared modules it imports."""
+    root = REPO / "shared"
+    graph = {}
+    for path in sorted(root.rglob("*.py")):
+        name = ".".join(("shared", *path.relative_to(root).with_suffix("").parts))
+        name = name.removesuffix(".__init__")
+        graph[name] = course_imports(path) - {name}
+    return graph
+
+
+def test_no_import_circles_in_shared():
+    graph = shared_imports()
+    assert "shared.pretraining" in graph["shared.speed"]  # the options build on the book's loop
+
+    def circle_from(module, path):
+        for imported in sorted(graph.get(module, ())):
+            if imported in path:
+                return [*path[path.index(imported) :], imported]
+            found = circle_from(imported, [*path, imported])
+            if found:
+                return found
+        return None
+
+    circles = [c for m in graph if (c := circle_from(m, [m]))]
+    assert circles == [], f"import circle: {' -> '.join(circles[0])}"
+
+
+@pytest.mark.parametrize("module", sorted(CHAPTER_IMPORTS))
+def test_chapter_modules_import_only_earlier_chapters(module):
+    imported = course_imports(REPO / "shared" / f"{module}.py")
+    assert imported <= CHAPTER_IMPORTS[module], imported - CHAPTER_IMPORTS[module]
+
+
+def test_import_check_sees_a_fast_path_import(tmp_path):
+    source = tmp_path / "gpt.py"
+    source.write_text("def f():\n    from shared.fast_attention import swap_class\n")
+    assert course_imports(source) == {"shared.fast_attention"}

