@@ -219,18 +219,9 @@ def generate(
     torch.manual_seed sets); one per request keeps concurrent requests reproducible.
     generate_tokens yields the same new tokens one step at a time.
     """
+    settings = dict(temperature=temperature, top_k=top_k, eos_id=eos_id, use_cache=use_cache)
     steps = list(
-        generate_tokens(
-            model,
-            idx,
-            max_new_tokens,
-            context_size,
-            temperature,
-            top_k,
-            eos_id,
-            use_cache,
-            generator,
-        )
+        generate_tokens(model, idx, max_new_tokens, context_size, **settings, generator=generator)
     )
     return torch.cat([idx, *steps], dim=1) if steps else idx
 
@@ -240,6 +231,7 @@ def generate_tokens(
     idx: torch.Tensor,
     max_new_tokens: int,
     context_size: int,
+    *,
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int | None = None,

@@ -13,6 +13,7 @@ Shapes: b = batch size (rows of one micro-batch), n = number of tokens.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -267,6 +268,9 @@ def train_model(
     main, processes = is_main_process(), get_world_size()
     total_steps = num_epochs * steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
     sampler = getattr(train_loader, "sampler", None)
+    evaluate = functools.partial(  # (epoch, step) -> (train loss, val loss), printed on rank 0
+        evaluate_and_print, plain_model, train_loader, val_loader, device, eval_iter, show=main
+    )
 
     model.train()
     with tqdm(total=total_steps, desc="Training", unit="step", disable=not main) as bar:
@@ -280,16 +284,7 @@ def train_model(
 
                 if global_step % eval_freq == 0:
                     with autocast_context(device, options.bf16):
-                        losses = evaluate_and_print(
-                            plain_model,
-                            train_loader,
-                            val_loader,
-                            device,
-                            eval_iter,
-                            epoch,
-                            global_step,
-                            show=main,
-                        )
+                        losses = evaluate(epoch, global_step)
                     train_losses.append(losses[0])
                     val_losses.append(losses[1])
                     track_tokens_seen.append(tokens_seen)

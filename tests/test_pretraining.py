@@ -240,7 +240,11 @@ def test_generate_tokens_yields_what_generate_appends(use_cache, temperature, to
     model = KVCacheGPTModel(TINY).eval()
     idx = torch.randint(0, 50257, (2, 5), generator=torch.Generator().manual_seed(1))
     torch.manual_seed(7)
-    steps = list(generate_tokens(model, idx, 20, 16, temperature, top_k, use_cache=use_cache))
+    steps = list(
+        generate_tokens(
+            model, idx, 20, 16, temperature=temperature, top_k=top_k, use_cache=use_cache
+        )
+    )
     torch.manual_seed(7)
     expected = generate(model, idx, 20, 16, temperature, top_k, use_cache=use_cache)
     assert all(step.shape == (2, 1) for step in steps) and len(steps) == 20  # the window slides
