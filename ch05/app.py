@@ -12,10 +12,9 @@ then open http://127.0.0.1:7860. In a notebook in this folder: ``from app import
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
-
-import torch
 
 from shared.apps import (
     AppModel,
@@ -29,8 +28,9 @@ from shared.apps import (
     page_header,
     stream_generate,
 )
+from shared.cli import add_option, errors_as_one_line
 from shared.device import get_device
-from shared.gpt2_weights import GPT2_HF_NAMES, load_pretrained_gpt2
+from shared.gpt2_weights import load_pretrained_gpt2
 from shared.pretraining import text_to_token_ids
 from shared.tokenizers import gpt2_tokenizer
 
@@ -102,7 +102,7 @@ def complete(
 
 def build_app(checkpoint: str | Path | None = None, gpt2_size: str = "124M", device=None):
     """The page (a gr.Blocks): prompt, decoding settings, streamed completion. Not launched."""
-    device = torch.device(device) if device else get_device()
+    device = get_device(device)
     app_model = load_model(checkpoint, gpt2_size, device)
     tokenizer = gpt2_tokenizer()
     gr, page = new_page(TITLE)
@@ -146,19 +146,17 @@ def build_app(checkpoint: str | Path | None = None, gpt2_size: str = "124M", dev
     return page
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = app_arguments("Text completion in the browser (Chapter 5).", "none: GPT-2, see --gpt2")
+    add_option(parser, "--gpt2", "124M")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = app_arguments(
-        "Text completion in the browser (Chapter 5).",
-        "a checkpoint written by ch05/train.py (default: GPT-2, see --gpt2)",
-    )
-    parser.add_argument(
-        "--gpt2",
-        choices=GPT2_HF_NAMES,
-        default="124M",
-        help="the GPT-2 size served without --checkpoint (default: 124M)",
-    )
-    args = parser.parse_args(argv)
-    launch(build_app(args.checkpoint, args.gpt2, args.device), args)
+    args = build_parser().parse_args(argv)
+    with errors_as_one_line():
+        launch(build_app(args.checkpoint, args.gpt2, args.device), args)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Examples (from the repository root):
 
-    python ch05/train.py --data my_text.txt --model tiny --epochs 3
-    python ch05/train.py --data a.txt b.txt --model 124M --context-length 256 --epochs 10
+    python ch05/train.py --data my_text.txt --size tiny --epochs 3
+    python ch05/train.py --data a.txt b.txt --size 124M --context-length 256 --epochs 10
     python ch05/train.py --data a.txt --checkpoint-dir runs/a --epochs 20 --resume
 
 The text files are joined with GPT-2's <|endoftext|> separator and split into training and
@@ -16,12 +16,12 @@ A corpus larger than memory is tokenised once into a memory-mapped token file, a
 then streams its windows from disk (the last --val-fraction of the windows is for validation):
 
     python ch05/train.py --data books/*.txt --token-file runs/books.bin --prepare-only
-    python ch05/train.py --token-file runs/books.bin --model 124M --bf16 --cosine-decay
+    python ch05/train.py --token-file runs/books.bin --size 124M --bf16 --cosine-decay
 
 Several GPUs, or several machines, run the same command under torchrun, one process per GPU
 with DistributedDataParallel (see ch05/README.md, "Training at scale"):
 
-    torchrun --nproc_per_node=8 ch05/train.py --token-file runs/books.bin --model 124M
+    torchrun --nproc_per_node=8 ch05/train.py --token-file runs/books.bin --size 124M
 """
 
 from __future__ import annotations
@@ -38,7 +38,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from shared.cli import HelpFormatter, check_utf8, errors_as_one_line, read_text_file
+from shared.cli import (
+    MODEL_SIZES,
+    HelpFormatter,
+    add_option,
+    add_training_options,
+    check_utf8,
+    errors_as_one_line,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    read_text_file,
+)
 from shared.corpus import TOKEN_DTYPE, TokenWindowDataset, prepare_token_file
 from shared.dataset import GPTDatasetV1
 from shared.distributed import (
@@ -47,7 +60,8 @@ from shared.distributed import (
     is_main_process,
     setup_distributed,
 )
-from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
+from shared.fused_kernels import use_fused_kernels
+from shared.gpt import GPTModel
 from shared.pretraining import (
     calc_loss_batch,
     evaluate_model,
@@ -70,28 +84,18 @@ from shared.speed import (
 )
 from shared.tokenizers import END_OF_TEXT, gpt2_tokenizer
 
-# Model sizes: width, depth and heads. "tiny" and "small" train in seconds to minutes on a CPU;
-# the others have the architecture of GPT-2's released sizes.
-MODEL_PRESETS = {
-    "tiny": {"emb_dim": 64, "n_layers": 2, "n_heads": 2},
-    "small": {"emb_dim": 256, "n_layers": 4, "n_heads": 4},
-    **{
-        size: {key: cfg[key] for key in ("emb_dim", "n_layers", "n_heads")}
-        for size, cfg in GPT2_MODEL_CONFIGS.items()
-    },
-}
-
 CHECKPOINT_NAME = "last.pth"
 PLOT_NAME = "losses.png"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(
-        description="Pretrain a GPT model on text files (Chapter 5).",
+        description="Pretrain a GPT model on UTF-8 text files (Chapter 5). Under torchrun each "
+        "process trains on one GPU (cuda) or on the CPU (--device cpu).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--data", nargs="+", type=Path, help="UTF-8 text files (default: none)")
+    add_option(parser, "--data", nargs="+", metavar="FILE", default_text="none")
     parser.add_argument(
         "--token-file",
         type=Path,
@@ -103,22 +107,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="only tokenise --data into --token-file, then exit",
     )
-    parser.add_argument("--model", choices=MODEL_PRESETS, default="tiny", help="model size")
-    parser.add_argument("--context-length", type=int, default=256, help="tokens per window")
+    add_option(parser, "--size", "tiny")
     parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=2,
-        help="windows per micro-batch and process; one optimizer step sees "
-        "batch-size x processes x grad-accumulation-steps windows",
+        "--context-length", type=positive_int, default=256, help="tokens per window"
     )
-    parser.add_argument("--epochs", type=int, default=10, help="epochs in all (also on resume)")
-    parser.add_argument("--lr", type=float, default=4e-4, help="AdamW learning rate")
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the model")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="text kept for validation")
-    parser.add_argument("--eval-freq", type=int, default=5, help="evaluate every N steps")
-    parser.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
+    add_training_options(parser, epochs=10, batch_size=2, lr=4e-4, weight_decay=0.1)
+    parser.add_argument(
+        "--val-fraction", type=fraction, default=0.1, help="share of the text kept for validation"
+    )
     parser.add_argument(
         "--start-context", default="Every effort moves you", help="prompt of the samples"
     )
@@ -128,13 +125,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=Path("checkpoints"),
         help="where last.pth and losses.png are written",
     )
-    parser.add_argument("--resume", action="store_true", help="continue from last.pth")
-    parser.add_argument("--seed", type=int, default=123, help="random seed (weights, data order)")
     parser.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, mps (default: the best one; under torchrun cuda or cpu)",
+        "--resume", action="store_true", help="continue from last.pth, up to --epochs in all"
     )
+    add_option(parser, "--seed", 123)
+    add_option(parser, "--device")
+    add_speed_options(parser)
+    return parser
+
+
+def add_speed_options(parser: argparse.ArgumentParser) -> None:
+    """The speed group: the TrainingOptions flags and --fused-kernels."""
     speed = parser.add_argument_group("speed (all off by default)")
     speed.add_argument("--bf16", action="store_true", help="bf16 autocast (CPU and CUDA)")
     speed.add_argument("--compile", action="store_true", help="train through torch.compile")
@@ -144,37 +145,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="fused attention, layer norm and GELU (same weights, same results)",
     )
     speed.add_argument(
-        "--grad-accumulation-steps", type=int, default=1, help="micro-batches per optimizer step"
+        "--grad-accumulation-steps",
+        type=positive_int,
+        default=1,
+        help="micro-batches per optimizer step: a step sees --batch-size x processes x this many "
+        "windows",
     )
     speed.add_argument(
-        "--warmup-steps", type=int, default=0, help="linear learning-rate warmup steps"
+        "--warmup-steps", type=non_negative_int, default=0, help="linear learning-rate warmup steps"
     )
     speed.add_argument(
         "--cosine-decay", action="store_true", help="cosine decay of the learning rate to --min-lr"
     )
-    speed.add_argument("--min-lr", type=float, default=0.0, help="end of the cosine decay")
+    speed.add_argument(
+        "--min-lr", type=non_negative_float, default=0.0, help="end of the cosine decay"
+    )
     speed.add_argument(
         "--max-grad-norm",
-        type=float,
+        type=positive_float,
         default=None,
         help="clip gradients to this total norm (default: no clipping)",
     )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options of argv (default: sys.argv), with args.options, their TrainingOptions; a
+    usage error where they do not go together."""
+    parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("context_length", "batch_size", "epochs", "eval_freq", "eval_iter"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if not 0.0 < args.val_fraction < 1.0:
-        parser.error("--val-fraction must be between 0 and 1")
     if args.data is None and args.token_file is None:
         parser.error("give the text files (--data), a token file (--token-file), or both")
     if args.prepare_only and (args.data is None or args.token_file is None):
         parser.error("--prepare-only needs --data (the text files) and --token-file (the output)")
     if args.min_lr > args.lr:
         parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr})")
-    try:
-        args.options = training_options(args)
-    except ValueError as err:
-        parser.error("--" + str(err).replace("_", "-"))
+    args.options = training_options(args)
     return args
 
 
@@ -192,13 +197,13 @@ def training_options(args: argparse.Namespace) -> TrainingOptions:
 
 
 def build_config(args: argparse.Namespace) -> dict:
-    """The GPTModel config of the chosen preset and context length."""
+    """The GPTModel config of the chosen --size, context length and dropout."""
     return {
         "vocab_size": 50257,
         "context_length": args.context_length,
         "drop_rate": args.dropout,
         "qkv_bias": False,
-        **MODEL_PRESETS[args.model],
+        **MODEL_SIZES[args.size],
     }
 
 
@@ -315,7 +320,10 @@ def make_loaders(train_set: Dataset, val_set: Dataset, args: argparse.Namespace)
 def build_model_and_optimizer(config: dict, args: argparse.Namespace, device):
     """A freshly initialised GPTModel on device and its AdamW optimizer (fused on CPU and CUDA)."""
     torch.manual_seed(args.seed)
-    model = GPTModel({**config, "fused_kernels": args.fused_kernels}).to(device)
+    model = GPTModel(config)
+    if args.fused_kernels:
+        use_fused_kernels(model)  # same weights, checkpoints load into any GPTModel
+    model.to(device)
     optimizer = make_adamw(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     return model, optimizer
 
@@ -339,7 +347,7 @@ def resume_state(path: Path, model, optimizer, config: dict, device) -> dict:
     if saved_config != config:
         raise ValueError(
             f"{path} was trained with config {saved_config}, not {config}; "
-            "pass the same --model, --context-length and --dropout to resume"
+            "pass the same --size, --context-length and --dropout to resume"
         )
     extra = load_checkpoint(path, model, optimizer, map_location=device)
     return {key: extra[key] for key in new_state()}
@@ -357,7 +365,7 @@ def train_epoch(
     """One pass over train_loader; updates state's counters and loss history in place.
 
     model may be wrapped (DistributedDataParallel, torch.compile); evaluation uses the plain
-    model inside, on this process's loaders (see shared.pretraining.train_model_simple).
+    model inside, on this process's loaders (see shared.speed.train_model).
     """
     options = args.options
     plain_model = unwrap_model(model)
@@ -474,7 +482,7 @@ def run(args: argparse.Namespace, device, processes: int) -> None:
         enable_tf32()
     per_process = f" per process, {processes} processes" if processes > 1 else ""
     log(
-        f"Model '{args.model}': {sum(p.numel() for p in model.parameters()):,} parameters; "
+        f"Model '{args.size}': {sum(p.numel() for p in model.parameters()):,} parameters; "
         f"{len(train_loader)} training batches per epoch{per_process}; device {device}"
     )
     if state["epoch"] >= args.epochs:

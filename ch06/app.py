@@ -12,6 +12,7 @@ then open http://127.0.0.1:7860. In a notebook in this folder: ``from app import
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from shared.apps import (
     page_header,
 )
 from shared.classification import LABELS, classify_review, convert_to_classifier, load_classifier
+from shared.cli import errors_as_one_line
 from shared.device import get_device
 from shared.gpt2_weights import standin_gpt
 from shared.tokenizers import gpt2_tokenizer
@@ -116,7 +118,7 @@ def classify(app_model: AppModel, tokenizer, device, text):
 
 def build_app(checkpoint: str | Path | None = None, device=None):
     """The page (a gr.Blocks): a message box, the label and both probabilities. Not launched."""
-    device = torch.device(device) if device else get_device()
+    device = get_device(device)
     app_model = load_model(checkpoint, device)
     tokenizer = gpt2_tokenizer()
     gr, page = new_page(TITLE)
@@ -139,14 +141,18 @@ def build_app(checkpoint: str | Path | None = None, device=None):
     return page
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = app_arguments(
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    return app_arguments(
         "A spam classifier in the browser (Chapter 6).",
-        f"a classifier written by ch06/train_classifier.py (default: {DEFAULT_CHECKPOINT.name} "
-        "in ch06/)",
+        f"ch06/{DEFAULT_CHECKPOINT.name}, as ch06/train_classifier.py train saves it",
     )
-    args = parser.parse_args(argv)
-    launch(build_app(args.checkpoint, args.device), args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    with errors_as_one_line():
+        launch(build_app(args.checkpoint, args.device), args)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@
 Examples (from the repository root):
 
     python ch06/train_classifier.py train                       # the chapter's settings
+    python ch06/train_classifier.py train --standin --max-train-examples 80 --epochs 1
     python ch06/train_classifier.py train --trainable-blocks all --epochs 3
     python ch06/train_classifier.py train --pad-length context --output runs/padded.pth
     python ch06/train_classifier.py classify "WINNER! Claim your prize now" "See you at 6?"
     echo "Free entry to win a car" | python ch06/train_classifier.py classify -
 
 ``train`` downloads the SMS Spam Collection (once; cached), balances and splits it 70/10/20 into
-CSV files, loads pretrained GPT-2 (offline: a randomly initialised stand-in, said in one line with
-the reason; with ``--require-gpt2`` an error instead),
+CSV files, loads pretrained GPT-2 (``--gpt2``; offline: a randomly initialised stand-in, said in
+one line with the reason; with ``--require-gpt2`` an error instead; ``--standin`` asks for it),
 replaces the output layer with a 2-class head, freezes all but the last ``--trainable-blocks``
 transformer blocks, finetunes, prints training, validation and test accuracy, and saves the
 classifier. ``classify`` loads such a file and prints ``spam`` or ``not spam`` for each message.
@@ -37,68 +38,74 @@ from shared.classification import (
     save_classifier,
     train_classifier_simple,
 )
-from shared.cli import HelpFormatter, errors_as_one_line
+from shared.cli import (
+    HelpFormatter,
+    add_gpt2_options,
+    add_option,
+    add_training_options,
+    errors_as_one_line,
+    gpt2_from_options,
+    non_negative_int,
+    positive_int,
+)
 from shared.device import get_device
-from shared.gpt2_weights import GPT2_HF_NAMES, load_pretrained_gpt2, standin_gpt
 from shared.tokenizers import gpt2_tokenizer
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = HERE / "review_classifier.pth"
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
-    return number
+SHOWN_OUTPUT = "ch06/review_classifier.pth"  # DEFAULT_OUTPUT as --help shows it
 
 
 def trainable_blocks(value: str) -> int | str:
+    """argparse type of --trainable-blocks: "all" or a whole number >= 0."""
     if value == "all":
         return value
     try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected "all" or a number, got {value!r}') from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
-    return number
+        return non_negative_int(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f'expected "all" or a whole number >= 0, got {value!r}'
+        ) from None
 
 
 def pad_length(value: str) -> int | str:
+    """argparse type of --pad-length: "longest", "context" or a whole number >= 1."""
     if value in ("longest", "context"):
         return value
     try:
         return positive_int(value)
-    except ValueError:
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f'expected "longest", "context" or a number >= 1, got {value!r}'
+            f'expected "longest", "context" or a whole number >= 1, got {value!r}'
         ) from None
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the two subcommands, train and classify."""
     parser = argparse.ArgumentParser(
         description="Finetune a GPT as a spam classifier (Chapter 6), or classify messages.",
+        formatter_class=HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    defaults = HelpFormatter
+    add_train_options(
+        commands.add_parser(
+            "train", help="data -> finetuned classifier", formatter_class=HelpFormatter
+        )
+    )
+    classify = commands.add_parser(
+        "classify", help="label messages with a saved classifier", formatter_class=HelpFormatter
+    )
+    classify.add_argument(
+        "messages", nargs="+", help='messages to classify; "-" reads one message per line of stdin'
+    )
+    add_option(classify, "--checkpoint", DEFAULT_OUTPUT, default_text=f"{SHOWN_OUTPUT}, from train")
+    add_option(classify, "--device")
+    return parser
 
-    train = commands.add_parser(
-        "train", help="data -> finetuned classifier", formatter_class=defaults
-    )
-    train.add_argument(
-        "--model",
-        choices=[*GPT2_HF_NAMES, "standin"],
-        default="124M",
-        help="GPT-2 size to start from (offline: the random stand-in); "
-        "'standin' skips the download and uses the stand-in",
-    )
-    train.add_argument(
-        "--require-gpt2",
-        action="store_true",
-        help="stop with an error when GPT-2's weights cannot be had, instead of using the stand-in",
-    )
+
+def add_train_options(train: argparse.ArgumentParser) -> None:
+    """The options of the train subcommand."""
+    add_gpt2_options(train, "124M")
     train.add_argument(
         "--trainable-blocks",
         type=trainable_blocks,
@@ -108,26 +115,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         '"all" for the random stand-in, as in the chapter)',
     )
     train.add_argument(
-        "--epochs", type=positive_int, default=5, help="passes over the training set"
-    )
-    train.add_argument(
         "--pad-length",
         type=pad_length,
         default="longest",
         help='pad (or cut) messages to: "longest" training message, the model\'s "context" '
         "length, or a number of tokens",
     )
-    train.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help="AdamW learning rate (default: 5e-5 for GPT-2, 2e-4 for the stand-in, as in the "
-        "chapter)",
+    add_training_options(
+        train,
+        epochs=5,
+        batch_size=8,
+        lr=None,
+        weight_decay=0.1,
+        eval_freq=50,
+        lr_text="5e-5 for GPT-2, 2e-4 for the stand-in, as in the chapter",
     )
-    train.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
-    train.add_argument("--batch-size", type=positive_int, default=8, help="messages per batch")
-    train.add_argument("--eval-freq", type=positive_int, default=50, help="evaluate every N steps")
-    train.add_argument("--eval-iter", type=positive_int, default=5, help="batches per evaluation")
     train.add_argument(
         "--max-train-examples",
         type=positive_int,
@@ -135,35 +137,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train on only the first N training messages, for quick trials (default: all 1,045)",
     )
     train.add_argument(
-        "--data-dir", type=Path, default=HERE, help="where train/validation/test.csv are written"
+        "--data-dir",
+        type=Path,
+        default=HERE,
+        help="where train/validation/test.csv are written (default: ch06/)",
     )
-    train.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="classifier file")
-    train.add_argument("--seed", type=int, default=123, help="random seed (split, weights, order)")
-    train.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best one)")
-
-    classify = commands.add_parser(
-        "classify", help="label messages with a saved classifier", formatter_class=defaults
-    )
-    classify.add_argument(
-        "messages", nargs="+", help='messages to classify; "-" reads one message per line of stdin'
-    )
-    classify.add_argument(
-        "--classifier", type=Path, default=DEFAULT_OUTPUT, help="a file written by 'train'"
-    )
-    classify.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best one)")
-    args = parser.parse_args(argv)
-    if args.command == "train" and args.require_gpt2 and args.model == "standin":
-        parser.error("--require-gpt2 contradicts --model standin")
-    return args
-
-
-def load_base_model(name: str, seed: int, allow_standin: bool = True):
-    """(model, config, description, is_standin) for a GPT-2 size or "standin"."""
-    if name == "standin":
-        pretrained = standin_gpt(seed)
-    else:
-        pretrained = load_pretrained_gpt2(name, seed=seed, allow_standin=allow_standin)
-    return pretrained.model, pretrained.config, pretrained.description, pretrained.is_standin
+    add_option(train, "--output", DEFAULT_OUTPUT, default_text=SHOWN_OUTPUT)
+    add_option(train, "--seed", 123)
+    add_option(train, "--device")
 
 
 def training_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
@@ -179,11 +160,10 @@ def training_files(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 
 def train(args: argparse.Namespace, device: torch.device) -> None:
-    model, config, description, is_standin = load_base_model(
-        args.model, args.seed, allow_standin=not args.require_gpt2
-    )
+    pretrained = gpt2_from_options(args)
+    model, config, description = pretrained.model, pretrained.config, pretrained.description
     print(f"Model: {description}")
-    defaults = FINETUNE_DEFAULTS["standin" if is_standin else "gpt2"]
+    defaults = FINETUNE_DEFAULTS["standin" if pretrained.is_standin else "gpt2"]
     if args.trainable_blocks is None:
         args.trainable_blocks = defaults["trainable_blocks"]
     if args.lr is None:
@@ -262,12 +242,12 @@ def train(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def classify(args: argparse.Namespace, device: torch.device) -> None:
-    if not args.classifier.is_file():
+    if not args.checkpoint.is_file():
         raise ValueError(
-            f"classifier file {args.classifier} does not exist; train one with "
+            f"classifier file {args.checkpoint} does not exist; train one with "
             "'python ch06/train_classifier.py train'"
         )
-    model, extra = load_classifier(args.classifier, device)
+    model, extra = load_classifier(args.checkpoint, device)
     tokenizer = gpt2_tokenizer()
     messages = []
     for message in args.messages:
@@ -278,8 +258,8 @@ def classify(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    device = torch.device(args.device) if args.device else get_device()
+    args = build_parser().parse_args(argv)
+    device = get_device(args.device)
     with errors_as_one_line():
         (train if args.command == "train" else classify)(args, device)
 

@@ -13,6 +13,7 @@ notebook in this folder: ``from app import build_app`` and ``build_app().launch(
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from shared.apps import (
     page_header,
     stream_generate,
 )
+from shared.cli import errors_as_one_line
 from shared.device import get_device
 from shared.gpt2_weights import standin_gpt
 from shared.instruction import END_OF_TEXT_ID, format_prompt, format_training_text
@@ -200,7 +202,7 @@ def model_note(app_model: AppModel) -> str:
 
 def build_app(checkpoint: str | Path | None = None, device=None):
     """The page (a gr.Blocks): the model note, the chat, a message box and settings. Not launched."""
-    device = torch.device(device) if device else get_device()
+    device = get_device(device)
     app_model = load_model(checkpoint, device)
     app_model.description = model_note(app_model)
     tokenizer = gpt2_tokenizer()
@@ -243,14 +245,19 @@ def build_app(checkpoint: str | Path | None = None, device=None):
     return page
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = app_arguments(
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    return app_arguments(
         "Chat with an instruction-finetuned GPT in the browser (Chapter 7).",
-        "a checkpoint of ch07/finetune_instructions.py (or a DPO-tuned one); "
-        "default: the newest .pth file in ch07/ that stores a model config",
+        "the newest .pth file in ch07/ that stores a model config: a checkpoint of "
+        "finetune_instructions.py or dpo_finetune.py",
     )
-    args = parser.parse_args(argv)
-    launch(build_app(args.checkpoint, args.device), args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    with errors_as_one_line():
+        launch(build_app(args.checkpoint, args.device), args)
 
 
 if __name__ == "__main__":

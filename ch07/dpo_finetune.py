@@ -18,7 +18,7 @@ the summed loss pulls much harder; pass --reduction mean to train as the book's 
 
 Examples:
     python ch07/finetune_instructions.py && python ch07/dpo_finetune.py    # book's values, summed
-    python ch07/dpo_finetune.py --sft-checkpoint ch07/standin-sft.pth --max-entries 200 --lr 1e-4
+    python ch07/dpo_finetune.py --checkpoint ch07/standin-sft.pth --max-entries 200 --lr 1e-4
 """
 
 from __future__ import annotations
@@ -30,7 +30,14 @@ from pathlib import Path
 
 import torch
 
-from shared.data import DataUnavailableError
+from shared.cli import (
+    HelpFormatter,
+    add_option,
+    add_training_options,
+    errors_as_one_line,
+    non_negative_int,
+    positive_float,
+)
 from shared.device import get_device
 from shared.gpt import GPTModel
 from shared.instruction import format_input, generate_response, split_instruction_data
@@ -48,53 +55,27 @@ from shared.tokenizers import gpt2_tokenizer
 HERE = Path(__file__).resolve().parent
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
     parser = argparse.ArgumentParser(
-        description="Preference-tune an instruction-finetuned GPT with DPO and save it."
+        description="Preference-tune an instruction-finetuned GPT with DPO on preference data (a "
+        'JSON list of entries with "instruction", "input", "chosen" and "rejected") and save it.',
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--sft-checkpoint",
-        type=Path,
-        default=HERE / "gpt2-355M-sft.pth",
-        help="the model to start from, as finetune_instructions.py saves it "
-        "(default: ch07/gpt2-355M-sft.pth)",
+    add_option(
+        parser,
+        "--checkpoint",
+        HERE / "gpt2-355M-sft.pth",
+        default_text="ch07/gpt2-355M-sft.pth, as finetune_instructions.py saves it",
     )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="JSON list of preference entries (default: the course's 1,100 entries)",
-    )
-    parser.add_argument(
-        "--max-entries",
-        type=int,
-        default=None,
-        help="use only the first N entries, for quick runs (default: all)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=int,
-        default=1,
-        help="passes over the training pairs (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=8, help="preference pairs per step (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--lr", type=float, default=5e-6, help="learning rate (default: %(default)s, the book's)"
-    )
-    parser.add_argument(
-        "--weight-decay",
-        type=float,
-        default=0.01,
-        help="AdamW's weight decay (default: %(default)s)",
-    )
+    add_option(parser, "--data", default_text="the course's 1,100 entries")
+    add_option(parser, "--max-entries", default_text="all")
+    add_training_options(parser, epochs=1, batch_size=8, lr=5e-6, weight_decay=0.01)
     parser.add_argument(
         "--beta",
-        type=float,
+        type=positive_float,
         default=0.1,
-        help="how far the policy may move from the reference: smaller is further "
-        "(default: %(default)s)",
+        help="how far the policy may move from the reference: smaller is further",
     )
     parser.add_argument(
         "--reduction",
@@ -102,53 +83,20 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=REDUCTIONS,
         help="a response's log-probability: the sum over its tokens (the DPO paper's log p(y|x)), "
         "or their per-token mean as the book's DPO notebook computes it; at the same beta the sum "
-        "gives a much stronger loss (default: %(default)s)",
+        "gives a much stronger loss",
     )
-    parser.add_argument(
-        "--allowed-max-length",
-        type=int,
-        default=1024,
-        help="cut prompt + response to this many tokens (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--eval-freq", type=int, default=5, help="evaluate every N steps (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--eval-iter", type=int, default=5, help="batches per evaluation (default: %(default)s)"
-    )
+    add_option(parser, "--allowed-max-length", 1024)
     parser.add_argument(
         "--compare",
-        type=int,
+        type=non_negative_int,
         default=3,
-        help="print both models' responses to the first N test instructions (default: %(default)s)",
+        help="print both models' responses to the first N test instructions",
     )
-    parser.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=64,
-        help="longest response generated for the comparison (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="where to save the tuned model (default: beside the SFT checkpoint, "
-        "'-sft' replaced by '-dpo')",
-    )
-    parser.add_argument("--seed", type=int, default=123, help="random seed (default: %(default)s)")
-    args = parser.parse_args(argv)
-    for name in ("max_entries", "epochs", "batch_size", "eval_freq", "eval_iter"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("compare", "max_new_tokens"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.allowed_max_length < 2:
-        parser.error(f"--allowed-max-length must be >= 2, got {args.allowed_max_length}")
-    if args.lr <= 0 or args.beta <= 0:
-        parser.error(f"--lr and --beta must be > 0, got {args.lr} and {args.beta}")
-    return args
+    add_option(parser, "--max-new-tokens", 64)
+    add_option(parser, "--output", default_text="beside --checkpoint, '-sft' replaced by '-dpo'")
+    add_option(parser, "--seed", 123)
+    add_option(parser, "--device")
+    return parser
 
 
 def load_sft_model(path: Path) -> tuple[GPTModel, dict]:
@@ -157,7 +105,7 @@ def load_sft_model(path: Path) -> tuple[GPTModel, dict]:
     if not path.is_file():
         raise ValueError(
             f"no checkpoint at {path}; run ch07/finetune_instructions.py first, or pass "
-            "--sft-checkpoint"
+            "--checkpoint"
         )
     return load_model_checkpoint(path, hint="was it saved by finetune_instructions.py?")
 
@@ -169,17 +117,20 @@ def default_checkpoint(sft_checkpoint: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.manual_seed(args.seed)
-    device = get_device()
-    tokenizer = gpt2_tokenizer()
+    args = build_parser().parse_args(argv)
+    with errors_as_one_line():
+        tune(args)
+    return 0
 
-    try:
-        data = load_preference_data(args.data)
-        model, extra = load_sft_model(args.sft_checkpoint)
-    except (OSError, ValueError, DataUnavailableError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+
+def tune(args: argparse.Namespace) -> None:
+    """SFT checkpoint -> DPO -> checkpoint, with the test-set figures and the comparison printed;
+    ValueError for bad input (data, checkpoint, a prompt that leaves no room for its response)."""
+    torch.manual_seed(args.seed)
+    device = get_device(args.device)
+    tokenizer = gpt2_tokenizer()
+    data = load_preference_data(args.data)
+    model, extra = load_sft_model(args.checkpoint)
     data = data[: args.max_entries] if args.max_entries is not None else data
     train_data, val_data, test_data = split_instruction_data(data)
     print(
@@ -187,10 +138,9 @@ def main(argv=None) -> int:
         f"{len(test_data)} test"
     )
     if not (train_data and val_data and test_data):
-        print("error: too few entries for a training, validation and test set", file=sys.stderr)
-        return 1
+        raise ValueError("too few entries for a training, validation and test set")
     style = extra.get("style", "alpaca")
-    print(f"Model: {args.sft_checkpoint} ({sum(p.numel() for p in model.parameters()):,} params)")
+    print(f"Model: {args.checkpoint} ({sum(p.numel() for p in model.parameters()):,} params)")
     policy = model.to(device)
     reference = frozen_copy(policy)
 
@@ -201,34 +151,28 @@ def main(argv=None) -> int:
         allowed_max_length=args.allowed_max_length,
         style=style,
     )
-    try:
-        torch.manual_seed(args.seed)
-        train_loader = create_preference_dataloader(
-            train_data, shuffle=True, drop_last=True, **loader_args
+    torch.manual_seed(args.seed)
+    train_loader = create_preference_dataloader(
+        train_data, shuffle=True, drop_last=True, **loader_args
+    )
+    val_loader = create_preference_dataloader(val_data, **loader_args)
+    test_loader = create_preference_dataloader(test_data, **loader_args)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"{len(train_data)} training entries make no full batch of {args.batch_size}; "
+            "use more entries or a smaller --batch-size"
         )
-        val_loader = create_preference_dataloader(val_data, **loader_args)
-        test_loader = create_preference_dataloader(test_data, **loader_args)
-        if len(train_loader) == 0:
-            raise ValueError(
-                f"{len(train_data)} training entries make no full batch of {args.batch_size}; "
-                "use more entries or a smaller --batch-size"
-            )
-        optimizer = torch.optim.AdamW(
-            policy.parameters(), lr=args.lr, weight_decay=args.weight_decay
-        )
-        start = time.time()
-        history = train_model_dpo(
-            policy, reference, train_loader, val_loader, optimizer, device,
-            num_epochs=args.epochs, beta=args.beta, eval_freq=args.eval_freq,
-            eval_iter=args.eval_iter, reduction=args.reduction,
-        )  # fmt: skip
-        policy.eval()
-        test = calc_dpo_loader(
-            test_loader, policy, reference, device, beta=args.beta, reduction=args.reduction
-        )
-    except ValueError as err:  # e.g. a prompt that leaves no room for its response
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    start = time.time()
+    history = train_model_dpo(
+        policy, reference, train_loader, val_loader, optimizer, device,
+        num_epochs=args.epochs, beta=args.beta, eval_freq=args.eval_freq,
+        eval_iter=args.eval_iter, reduction=args.reduction,
+    )  # fmt: skip
+    policy.eval()
+    test = calc_dpo_loader(
+        test_loader, policy, reference, device, beta=args.beta, reduction=args.reduction
+    )
     val = history.val[-1]
     print(
         f"Training took {time.time() - start:.1f} s; last evaluation: validation loss "
@@ -247,11 +191,10 @@ def main(argv=None) -> int:
             )
             print(f"{name}:\n>> {response}")
 
-    checkpoint = args.checkpoint or default_checkpoint(args.sft_checkpoint)
+    checkpoint = args.output or default_checkpoint(args.checkpoint)
     dpo = {"beta": args.beta, "reduction": args.reduction, "lr": args.lr, "epochs": args.epochs}
     save_checkpoint(checkpoint, policy, **{**extra, "dpo": dpo})
     print(f"Model saved to {checkpoint}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ list of {"instruction", "input", "output"} entries) is split 85/10/5 into traini
 validation sets; the model is finetuned on the training set; its responses to the test set are
 written to a JSON file (each test entry plus "model_response") that score_responses.py scores.
 
-Starts from OpenAI's GPT-2 weights. Without them (offline, nothing cached: it says why), or with
---standin, it uses the course's stand-in: a small randomly initialised GPT
-(shared.gpt2_weights.STANDIN_CONFIG); with --require-gpt2 it stops with an error instead.
+Starts from OpenAI's GPT-2 weights (--gpt2, 355M by default). Without them (offline, nothing
+cached: it says why), or with --standin, it uses the course's stand-in: a small randomly
+initialised GPT (shared.gpt2_weights.STANDIN_CONFIG); with --require-gpt2 it stops with an error
+instead.
 
 Examples:
     python finetune_instructions.py                      # the book's settings, GPT-2 355M
@@ -25,10 +26,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from shared.cli import HelpFormatter, errors_as_one_line, read_json_file
+from shared.cli import (
+    HelpFormatter,
+    add_gpt2_options,
+    add_option,
+    add_training_options,
+    errors_as_one_line,
+    gpt2_from_options,
+    read_json_file,
+)
 from shared.data import fetch
 from shared.device import get_device
-from shared.gpt2_weights import load_pretrained_gpt2, standin_gpt
 from shared.instruction import (
     PROMPT_STYLES,
     create_instruction_dataloader,
@@ -44,91 +52,37 @@ from shared.tokenizers import gpt2_tokenizer
 HERE = Path(__file__).resolve().parent
 BOOK_LR = 5e-5  # the book's learning rate for pretrained GPT-2
 STANDIN_LR = 1e-3  # the random stand-in learns almost nothing at 5e-5 in two epochs
+RESPONSES = HERE / "instruction-data-with-response.json"
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
     parser = argparse.ArgumentParser(
-        description="Finetune GPT-2 on instruction data and write its responses to the test set.",
+        description="Finetune GPT-2 on instruction data (a JSON list of entries with "
+        '"instruction", "input" and "output") and write its responses to the test set.',
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help="JSON list of instruction entries (default: the course's 1,100 entries)",
-    )
-    parser.add_argument(
-        "--max-entries",
-        type=int,
-        default=None,
-        help="use only the first N entries, for quick runs (default: all)",
-    )
-    parser.add_argument(
-        "--model-size",
-        default="355M",
-        choices=["124M", "355M", "774M", "1558M"],
-        help="the GPT-2 size to finetune",
-    )
-    models = parser.add_mutually_exclusive_group()
-    models.add_argument(
-        "--standin", action="store_true", help="skip GPT-2 and use the small random stand-in model"
-    )
-    models.add_argument(
-        "--require-gpt2",
-        action="store_true",
-        help="stop with an error when GPT-2's weights cannot be had, instead of using the stand-in",
-    )
+    add_option(parser, "--data", default_text="the course's 1,100 entries")
+    add_option(parser, "--max-entries", default_text="all")
+    add_gpt2_options(parser, "355M")
     parser.add_argument(
         "--style", default="alpaca", choices=PROMPT_STYLES, help="the prompt format"
     )
-    parser.add_argument("--epochs", type=int, default=2, help="passes over the training set")
-    parser.add_argument("--batch-size", type=int, default=8, help="entries per batch")
-    parser.add_argument(
-        "--lr",
-        type=float,
-        default=None,
-        help=f"learning rate (default: {BOOK_LR} for GPT-2, {STANDIN_LR} for the stand-in)",
+    add_training_options(
+        parser,
+        epochs=2,
+        batch_size=8,
+        lr=None,
+        weight_decay=0.1,
+        lr_text=f"{BOOK_LR} for GPT-2, {STANDIN_LR} for the stand-in",
     )
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
-    parser.add_argument(
-        "--allowed-max-length",
-        type=int,
-        default=1024,
-        help="cut training sequences to this many tokens",
-    )
-    parser.add_argument("--eval-freq", type=int, default=5, help="evaluate every N steps")
-    parser.add_argument("--eval-iter", type=int, default=5, help="batches per evaluation")
-    parser.add_argument(
-        "--max-new-tokens", type=int, default=256, help="longest response generated per test entry"
-    )
-    parser.add_argument(
-        "--responses",
-        type=Path,
-        default=HERE / "instruction-data-with-response.json",
-        help="where to write the test entries with the model's responses",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        default=None,
-        help="where to save the finetuned model (default: ch07/<model>-sft.pth)",
-    )
-    parser.add_argument("--seed", type=int, default=123, help="random seed (weights, order)")
-    args = parser.parse_args(argv)
-    for name in (
-        "max_entries",
-        "epochs",
-        "batch_size",
-        "eval_freq",
-        "eval_iter",
-        "allowed_max_length",
-    ):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.max_new_tokens < 0:
-        parser.error(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
-    return args
+    add_option(parser, "--allowed-max-length", 1024)
+    add_option(parser, "--max-new-tokens", 256)
+    add_option(parser, "--responses", RESPONSES, default_text="ch07/" + RESPONSES.name)
+    add_option(parser, "--output", default_text="ch07/<model>-sft.pth")
+    add_option(parser, "--seed", 123)
+    add_option(parser, "--device")
+    return parser
 
 
 def load_data(path: Path | None, max_entries: int | None) -> list[dict]:
@@ -146,7 +100,7 @@ def load_data(path: Path | None, max_entries: int | None) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     with errors_as_one_line():
         finetune(args)
     return 0
@@ -155,7 +109,7 @@ def main(argv=None) -> int:
 def finetune(args: argparse.Namespace) -> None:
     """Data -> finetuned model -> responses file and checkpoint; ValueError for bad input."""
     torch.manual_seed(args.seed)
-    device = get_device()
+    device = get_device(args.device)
     tokenizer = gpt2_tokenizer()
     data = load_data(args.data, args.max_entries)
     train_data, val_data, test_data = split_instruction_data(data)
@@ -166,12 +120,7 @@ def finetune(args: argparse.Namespace) -> None:
     if not (train_data and val_data and test_data):
         raise ValueError("too few entries for a training, validation and test set")
 
-    if args.standin:
-        pretrained = standin_gpt(args.seed)
-    else:
-        pretrained = load_pretrained_gpt2(
-            args.model_size, seed=args.seed, allow_standin=not args.require_gpt2
-        )
+    pretrained = gpt2_from_options(args)
     model, config, is_standin = pretrained.model, pretrained.config, pretrained.is_standin
     print(f"Model: {pretrained.description}")
     model.to(device)
@@ -231,8 +180,8 @@ def finetune(args: argparse.Namespace) -> None:
     print(f"Test loss {test_loss:.3f}; word-overlap F1 with the reference outputs {f1:.3f}")
     print(f"Responses written to {args.responses}")
 
-    name = "standin" if is_standin else f"gpt2-{args.model_size}"
-    checkpoint = args.checkpoint or HERE / f"{name}-sft.pth"
+    name = "standin" if is_standin else f"gpt2-{args.gpt2}"
+    checkpoint = args.output or HERE / f"{name}-sft.pth"
     save_checkpoint(checkpoint, model, config=config, style=args.style)
     print(f"Model saved to {checkpoint}")
 

@@ -10,7 +10,7 @@ When none answers, it says so, prints an offline measure instead (the average wo
 between responses and reference outputs) and exits with status 1.
 
 Example:
-    python score_responses.py --responses instruction-data-with-response.json --model llama3
+    python score_responses.py --responses instruction-data-with-response.json --judge-model llama3
 """
 
 from __future__ import annotations
@@ -19,39 +19,34 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared.cli import HelpFormatter, errors_as_one_line, read_json_file
+from shared.cli import HelpFormatter, add_option, errors_as_one_line, positive_int, read_json_file
 from shared.instruction import generate_model_scores, ollama_is_running, ollama_url, token_f1
 
 HERE = Path(__file__).resolve().parent
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
     parser = argparse.ArgumentParser(
         description="Score model responses 0-100 with a judge model served by Ollama.",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument(
+    add_option(
+        parser,
         "--responses",
-        type=Path,
-        default=HERE / "instruction-data-with-response.json",
-        help="JSON list of entries with the reference 'output' and the response to score",
+        HERE / "instruction-data-with-response.json",
+        default_text="ch07/instruction-data-with-response.json",
     )
     parser.add_argument(
         "--json-key", default="model_response", help="the field holding the response to score"
     )
-    parser.add_argument("--model", default="llama3", help="the judge model's name in Ollama")
-    parser.add_argument("--host", default="127.0.0.1", help="Ollama's host")
-    parser.add_argument("--port", type=int, default=11434, help="Ollama's port")
+    parser.add_argument("--judge-model", default="llama3", help="the judge model's name in Ollama")
+    parser.add_argument("--ollama-host", default="127.0.0.1", help="the Ollama server's host")
     parser.add_argument(
-        "--max-entries",
-        type=int,
-        default=None,
-        help="score only the first N entries (default: all)",
+        "--ollama-port", type=positive_int, default=11434, help="the Ollama server's port"
     )
-    args = parser.parse_args(argv)
-    if args.max_entries is not None and args.max_entries < 1:
-        parser.error(f"--max-entries must be >= 1, got {args.max_entries}")
-    return args
+    add_option(parser, "--max-entries", default_text="all")
+    return parser
 
 
 def load_responses(path: Path, json_key: str) -> list[dict]:
@@ -70,13 +65,13 @@ def load_responses(path: Path, json_key: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     with errors_as_one_line():
         data = load_responses(args.responses, args.json_key)
     if args.max_entries is not None:
         data = data[: args.max_entries]
 
-    url = ollama_url(args.host, args.port)
+    url = ollama_url(args.ollama_host, args.ollama_port)
     if not ollama_is_running(url):
         f1 = sum(token_f1(e[args.json_key], e["output"]) for e in data) / len(data)
         print(f"No Ollama server answers at {url}; start one with `ollama serve`.")
@@ -86,8 +81,8 @@ def main(argv=None) -> int:
         )
         return 1
 
-    result = generate_model_scores(data, json_key=args.json_key, model=args.model, url=url)
-    print(f"Judge: {args.model} at {url}")
+    result = generate_model_scores(data, json_key=args.json_key, model=args.judge_model, url=url)
+    print(f"Judge: {args.judge_model} at {url}")
     print(f"Scored {len(result.scores)} of {len(data)} responses")
     if result.skipped:
         shown = ", ".join(map(str, result.skipped[:10]))

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from shared.cli import HelpFormatter, errors_as_one_line, positive_int, read_json_file
+
 # Cell metadata that a run writes and that says nothing about the notebook itself.
 RUN_SPECIFIC_CELL_KEYS = ("execution", "ExecuteTime", "collapsed", "scrolled")
 
@@ -102,8 +104,11 @@ def execute(path: Path, timeout: int) -> float:
     return elapsed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("notebooks", nargs="+", type=Path, help="notebook files (.ipynb)")
     parser.add_argument(
         "--clean-only",
@@ -111,18 +116,24 @@ def main(argv: list[str] | None = None) -> int:
         help="only strip run-specific metadata and collapse progress bars",
     )
     parser.add_argument(
-        "--timeout", type=int, default=1800, help="seconds allowed per cell (default: 1800)"
+        "--timeout", type=positive_int, default=1800, help="seconds allowed per cell"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import conftest  # noqa: F401  the suite's environment: the stand-in switch, the allocator
 
-    for path in args.notebooks:
-        if args.clean_only:
-            write_notebook(clean_notebook(json.loads(path.read_text(encoding="utf-8"))), path)
-            print(f"{path}: cleaned")
-        else:
-            print(f"{path}: executed in {execute(path.resolve(), args.timeout):.1f} s", flush=True)
+    with errors_as_one_line():  # a missing or unreadable notebook; a failing cell stays a traceback
+        for path in args.notebooks:
+            if args.clean_only:
+                write_notebook(clean_notebook(read_json_file(path)), path)
+                print(f"{path}: cleaned")
+            else:
+                seconds = execute(path.resolve(), args.timeout)
+                print(f"{path}: executed in {seconds:.1f} s", flush=True)
     return 0
 
 

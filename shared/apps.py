@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from shared.cli import HelpFormatter, add_option, positive_int
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import STANDIN_CONFIG, PretrainedGPT
 from shared.kv_cache import KVCacheGPTModel
@@ -162,16 +163,10 @@ def stream_generate(
     if idx.dim() != 2 or idx.shape[0] != 1:
         raise ValueError(f"idx must be one prompt of shape (1, n), got {tuple(idx.shape)}")
     with _GENERATION_LOCK:
+        generator = None if seed is None else torch.Generator(idx.device).manual_seed(seed)
+        settings = dict(temperature=temperature, top_k=top_k, eos_id=eos_id, generator=generator)
         steps = generate_tokens(
-            model,
-            idx,
-            max_new_tokens,
-            context_size,
-            temperature,
-            top_k,
-            eos_id,
-            use_cache=True,
-            generator=None if seed is None else torch.Generator(idx.device).manual_seed(seed),
+            model, idx, max_new_tokens, context_size, **settings, use_cache=True
         )
         new_ids: list[int] = []
         with contextlib.closing(steps):
@@ -180,25 +175,24 @@ def stream_generate(
                 yield list(new_ids)
 
 
-def app_arguments(description: str, checkpoint_help: str) -> argparse.ArgumentParser:
-    """The command-line options every app has: --checkpoint, --host, --port, --share, --device."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--checkpoint", type=Path, default=None, help=checkpoint_help)
+def app_arguments(description: str, checkpoint_default: str) -> argparse.ArgumentParser:
+    """The command-line options every app has: --checkpoint (checkpoint_default: its default in
+    words), --host, --port, --share, --device."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    add_option(parser, "--checkpoint", default_text=checkpoint_default)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default: 127.0.0.1, this machine only); 0.0.0.0 lets other "
         "machines, or a cloud machine's port forwarding, connect",
     )
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})"
-    )
+    parser.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help="port")
     parser.add_argument(
         "--share",
         action="store_true",
         help="also create a public gradio.live link (anyone with the link can use the app)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best one)")
+    add_option(parser, "--device")
     return parser
 
 

@@ -34,7 +34,7 @@ def setup_distributed(device: str | None = None) -> tuple[int, int, int, torch.d
     Without torchrun: (0, 0, 1, device), device being the given one or shared.device.get_device().
     """
     if not launched_by_torchrun():
-        return 0, 0, 1, torch.device(device) if device else get_device()
+        return 0, 0, 1, get_device(device)
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])

@@ -87,7 +87,7 @@ def test_model_configs(script):
     "args,message",
     [
         (["   "], "the prompt is empty"),
-        (["Hi", "--max-new-tokens", "-1"], "must be 0 or more"),
+        (["Hi", "--max-new-tokens", "-1"], "expected a whole number >= 0"),
         (["Hi", "--size", "huge"], "invalid choice"),
     ],
 )

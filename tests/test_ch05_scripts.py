@@ -31,7 +31,7 @@ from tests.test_pretraining import one_thread  # noqa: F401  (autouse: tiny mode
 TRAIN = REPO / "ch05" / "train.py"
 GENERATE = REPO / "ch05" / "generate.py"
 
-TINY_ARGS = ["--model", "tiny", "--context-length", "16", "--batch-size", "4", "--lr", "3e-3"]
+TINY_ARGS = ["--size", "tiny", "--context-length", "16", "--batch-size", "4", "--lr", "3e-3"]
 TINY_ARGS += ["--eval-freq", "10"]
 
 
@@ -103,9 +103,9 @@ def test_resume_continues_exactly(corpus, trained, tmp_path):
 
 def test_resume_with_another_model_is_refused(corpus, trained, tmp_path):
     (tmp_path / "last.pth").write_bytes((trained / "last.pth").read_bytes())
-    args = ["--data", corpus, "--model", "small", "--context-length", "16"]
+    args = ["--data", corpus, "--size", "small", "--context-length", "16"]
     message = main_error(TRAIN, *args, "--epochs", "3", "--checkpoint-dir", tmp_path, "--resume")
-    assert "pass the same --model" in message and "'emb_dim': 64" in message
+    assert "pass the same --size" in message and "'emb_dim': 64" in message
 
 
 def test_train_reports_bad_data_clearly(tmp_path):
@@ -166,8 +166,8 @@ def test_generate_reports_bad_checkpoints(tmp_path):
     assert "holds no model config" in main_error(
         GENERATE, "--checkpoint", tmp_path / "no-config.pth"
     )
-    with pytest.raises(SystemExit) as exit_info:  # argparse: one model source only
-        load_script(GENERATE).main(["--checkpoint", "x.pth", "--gpt2", "124M"])
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a checkpoint is not GPT-2
+        load_script(GENERATE).main(["--checkpoint", "x.pth", "--standin"])
     assert exit_info.value.code == 2
 
 

@@ -23,7 +23,7 @@ from tests.scripts import run_main, run_script
 SCRIPT = REPO / "ch06" / "train_classifier.py"
 
 # The stand-in model on 16 messages of at most 24 tokens, one epoch: a few seconds.
-TINY_ARGS = ["--model", "standin", "--max-train-examples", "16", "--pad-length", "24"]
+TINY_ARGS = ["--standin", "--max-train-examples", "16", "--pad-length", "24"]
 TINY_ARGS += ["--epochs", "1", "--eval-freq", "1", "--eval-iter", "1", "--device", "cpu"]
 
 
@@ -52,7 +52,8 @@ def test_help():
     assert "train" in result.stdout and "classify" in result.stdout
     train_help = run_main(SCRIPT, "train", "--help").stdout
     for option in (
-        "--model",
+        "--gpt2",
+        "--standin",
         "--trainable-blocks",
         "--epochs",
         "--pad-length",
@@ -60,7 +61,7 @@ def test_help():
         "--output",
     ):
         assert option in train_help
-    assert "--classifier" in run_main(SCRIPT, "classify", "--help").stdout
+    assert "--checkpoint" in run_main(SCRIPT, "classify", "--help").stdout
 
 
 def test_train_writes_splits_and_a_classifier(trained):
@@ -86,7 +87,7 @@ def test_classify_matches_the_saved_model(trained):
         "Grüße 🎉 naïve café",
         "free cash " * 500,  # 1,000 tokens: cut to the classifier's 24, not an error
     ]
-    result = run("classify", "--classifier", trained, "--device", "cpu", *messages)
+    result = run("classify", "--checkpoint", trained, "--device", "cpu", *messages)
     model, extra = load_classifier(trained)
     tokenizer = gpt2_tokenizer()
     expected = [
@@ -95,13 +96,13 @@ def test_classify_matches_the_saved_model(trained):
     ]
     assert result.stdout.splitlines() == expected
     piped = run_main(
-        SCRIPT, "classify", "--classifier", trained, "-", stdin="\n".join(messages[:2]) + "\n"
+        SCRIPT, "classify", "--checkpoint", trained, "-", stdin="\n".join(messages[:2]) + "\n"
     )
     assert piped.stdout.splitlines() == expected[:2]
 
 
 def test_bad_input_is_reported_clearly(tmp_path):
-    missing = run_main(SCRIPT, "classify", "--classifier", tmp_path / "nope.pth", "hi")
+    missing = run_main(SCRIPT, "classify", "--checkpoint", tmp_path / "nope.pth", "hi")
     assert missing.returncode == 1 and missing.stderr.startswith("error: classifier file")
     too_long = run_main(SCRIPT, "train", *TINY_ARGS, "--pad-length", "2000", "--data-dir", tmp_path)
     assert too_long.returncode == 1

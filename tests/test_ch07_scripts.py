@@ -38,7 +38,7 @@ def test_finetune_end_to_end(tmp_path):
         "finetune_instructions.py",
         "--standin", "--max-entries", "20", "--epochs", "1", "--batch-size", "4",
         "--allowed-max-length", "48", "--eval-freq", "4", "--eval-iter", "1",
-        "--max-new-tokens", "5", "--responses", str(responses), "--checkpoint", str(checkpoint),
+        "--max-new-tokens", "5", "--responses", str(responses), "--output", str(checkpoint),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "20 entries: 17 training, 1 validation, 2 test" in result.stdout
@@ -92,7 +92,7 @@ def test_score_responses_against_a_local_judge(tmp_path):
     with FakeOllama(judge, models=("tiny-judge",)) as server:
         result = run_main(
             CH07 / "score_responses.py", "--responses", str(_responses_file(tmp_path)),
-            "--model", "tiny-judge", "--port", str(server.port),
+            "--judge-model", "tiny-judge", "--ollama-port", str(server.port),
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Scored 2 of 3 responses" in result.stdout
@@ -105,7 +105,11 @@ def test_score_responses_without_a_server(tmp_path):
     with FakeOllama(lambda prompt: "0") as server:
         port = server.port  # free again once the server has stopped
     result = run_main(
-        CH07 / "score_responses.py", "--responses", str(_responses_file(tmp_path)), "--port", port
+        CH07 / "score_responses.py",
+        "--responses",
+        str(_responses_file(tmp_path)),
+        "--ollama-port",
+        port,
     )
     assert result.returncode == 1
     assert f"No Ollama server answers at http://127.0.0.1:{port}/api/chat" in result.stdout

@@ -1,14 +1,20 @@
-"""First-run friction: every script's --help shows each default once; bad input (unreadable
-checkpoints, non-UTF-8 or invalid JSON files, missing data, weights that cannot be had) is one
-``error: ...`` line with exit status 1, never a traceback (shared.cli)."""
+"""The scripts' command line (shared.cli): one meaning per option name across scripts, every
+script on the shared help formatter and with --device where it runs a model, the chapter READMEs
+listing the options; first-run friction: every --help shows each default once; bad input
+(unreadable checkpoints, non-UTF-8 or invalid JSON files, missing data, weights that cannot be
+had) is one ``error: ...`` line with exit status 1, never a traceback."""
 
 from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import re
+import subprocess
+import sys
 import urllib.error
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -19,27 +25,48 @@ from shared.classification import load_classifier
 from shared.cli import (
     HelpFormatter,
     InputFileError,
+    add_gpt2_options,
+    add_option,
     check_utf8,
+    device_name,
     errors_as_one_line,
+    fraction,
+    gpt2_from_options,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
     read_json_file,
     read_text_file,
 )
-from shared.gpt2_weights import STANDIN_ENV
+from shared.gpt2_weights import STANDIN_CONFIG, STANDIN_ENV
 from shared.pretraining import load_checkpoint, read_checkpoint_extra, save_checkpoint
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import REPO
 from tests.scripts import load_script, run_script
 
-SCRIPTS = {
-    "ch04/generate_untrained.py": [[]],
-    "ch05/train.py": [[]],
-    "ch05/generate.py": [[]],
-    "ch06/train_classifier.py": [["train"], ["classify"]],
-    "ch07/finetune_instructions.py": [[]],
-    "ch07/score_responses.py": [[]],
-    "ch05/speed/benchmark_training.py": [[]],
-    "ch05/speed/benchmark_generation.py": [[]],
-}
+# Every script with a command line, its parser from build_parser().
+SCRIPTS = [
+    "ch04/generate_untrained.py",
+    "ch05/train.py",
+    "ch05/generate.py",
+    "ch05/app.py",
+    "ch05/speed/benchmark_training.py",
+    "ch05/speed/benchmark_generation.py",
+    "ch05/open-models/benchmark_generation.py",
+    "ch06/train_classifier.py",
+    "ch06/app.py",
+    "ch07/finetune_instructions.py",
+    "ch07/dpo_finetune.py",
+    "ch07/score_responses.py",
+    "ch07/app.py",
+    "setup/execute_notebooks.py",
+]
+NO_MODEL = {"ch07/score_responses.py", "setup/execute_notebooks.py"}  # so no --device
+# They read no file, data or weights: argparse's usage error covers every bad input they take.
+NO_INPUT = {s for s in SCRIPTS if "benchmark" in s}
+# Runs before the course is installed, and copied on its own: it imports nothing of shared.
+STANDALONE = {"setup/python_environment_check.py"}
 UNREADABLE = "not a readable PyTorch checkpoint: truncated or corrupt?"
 REAL_MIRROR = shared.data.mirror_dir()  # read before any test replaces the variable
 
@@ -73,25 +100,149 @@ def test_option_help_parser():
     }
 
 
-HELP_CASES = [(script, command) for script, commands in SCRIPTS.items() for command in commands]
+@functools.cache
+def script_parsers(script: str) -> dict[str, argparse.ArgumentParser]:
+    """{"<script>" or "<script> <subcommand>": parser} of the script's build_parser()."""
+    sys.path.insert(0, str((REPO / script).parent))  # the speed benchmarks import each other
+    try:
+        parser = load_script(REPO / script).build_parser()
+    finally:
+        sys.path.remove(str((REPO / script).parent))
+    found = {script: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update({f"{script} {name}": sub for name, sub in action.choices.items()})
+    return found
 
 
-@pytest.mark.parametrize(
-    ("script", "command"), HELP_CASES, ids=[" ".join([s, *c]) for s, c in HELP_CASES]
-)
-def test_every_option_shows_its_default_once(script, command, capsys):
-    if "speed" in script:  # no parse_args; they import each other: run as scripts
-        text = run_script(REPO / script, "--help").stdout
-    else:
-        with pytest.raises(SystemExit) as info:
-            load_script(REPO / script).parse_args([*command, "--help"])
-        assert info.value.code == 0
-        text = capsys.readouterr().out
-    options = {k: v for k, v in option_help(text).items() if k != "--help"}
-    assert len(options) >= 2, text
-    for option, help_line in options.items():
-        assert help_line.count("(default") == 1, f"{script} {option}: {help_line}"
-        assert "(default: None)" not in help_line, f"{script} {option}: {help_line}"
+def all_parsers() -> dict[str, argparse.ArgumentParser]:
+    return {name: p for script in SCRIPTS for name, p in script_parsers(script).items()}
+
+
+def test_every_script_with_a_command_line_is_checked():
+    tracked = subprocess.run(
+        ["git", "ls-files", "ch0*.py", "setup/*.py"], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    with_parser = {f for f in tracked if "argparse" in (REPO / f).read_text(encoding="utf-8")}
+    assert with_parser == set(SCRIPTS) | STANDALONE
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_option_shows_its_default_once(script):
+    seen = 0
+    for name, parser in script_parsers(script).items():
+        options = option_help(parser.format_help())
+        options.pop("--help")
+        seen += len(options)
+        for option, help_line in options.items():
+            assert help_line.count("(default") == 1, f"{name} {option}: {help_line}"
+            assert "(default: None)" not in help_line, f"{name} {option}: {help_line}"
+    assert seen >= 2
+
+
+def test_every_script_uses_the_shared_formatter_and_one_line_errors():
+    for name, parser in all_parsers().items():
+        assert parser.formatter_class is HelpFormatter, name
+    for script in set(SCRIPTS) - NO_INPUT:
+        assert "with errors_as_one_line():" in (REPO / script).read_text(encoding="utf-8"), script
+
+
+def test_every_script_that_runs_a_model_has_the_device_option():
+    for name, parser in all_parsers().items():
+        if name.split()[0] not in NO_MODEL and parser._subparsers is None:  # each command's own
+            assert "--device" in parser._option_string_actions, name
+
+
+def meaning(action: argparse.Action) -> tuple:
+    """What an option means: its help without the default, its type, choices and action kind
+    (the default may differ from script to script)."""
+    help_text = re.sub(r" ?\(default[^)]*\)", "", action.help or "")
+    choices = tuple(action.choices) if action.choices is not None else None
+    return help_text, action.type, choices, type(action).__name__
+
+
+def conflicts(parsers: dict[str, argparse.ArgumentParser]) -> dict[str, dict[tuple, list[str]]]:
+    """{option: {meaning: [parsers]}} for each option string that means more than one thing."""
+    meanings = defaultdict(lambda: defaultdict(list))
+    for name, parser in parsers.items():
+        for option, action in parser._option_string_actions.items():
+            if option not in ("-h", "--help"):
+                meanings[option][meaning(action)].append(name)
+    return {option: dict(m) for option, m in meanings.items() if len(m) > 1}
+
+
+def test_each_option_name_means_one_thing_in_every_script():
+    assert conflicts(all_parsers()) == {}
+
+
+def test_conflicts_finds_an_option_with_two_meanings():
+    def parser(*arguments: tuple[str, dict]) -> argparse.ArgumentParser:
+        made = argparse.ArgumentParser(formatter_class=HelpFormatter)
+        for option, spec in arguments:
+            made.add_argument(option, **spec)
+        return made
+
+    model = ("--model", {"choices": ["124M", "355M"], "help": "GPT-2 size"})
+    judge = ("--model", {"default": "llama3", "help": "the judge's name"})
+    epochs = ("--epochs", {"type": int, "default": 5, "help": "passes (default: five)"})
+    same = {
+        "a": parser(model, epochs),
+        "b": parser(model, ("--epochs", {**epochs[1], "default": 2})),
+    }
+    assert conflicts(same) == {}  # another default, the same meaning
+    found = conflicts({**same, "c": parser(judge, ("--epochs", {"type": float, "help": "passes"}))})
+    assert set(found) == {"--model", "--epochs"}
+    assert sorted(found["--model"].values()) == [["a", "b"], ["c"]]
+
+
+def test_chapter_readmes_list_every_option():
+    for script in SCRIPTS:
+        if not script.startswith("ch"):
+            continue
+        readme = (REPO / script).parent / "README.md"
+        text = readme.read_text(encoding="utf-8")
+        for name, parser in script_parsers(script).items():
+            for option in parser._option_string_actions:
+                if option not in ("-h", "--help"):
+                    assert re.search(rf"{option}(?![\w-])", text), f"{readme}: {name} {option}"
+
+
+def test_shared_validators_say_what_they_expected():
+    assert positive_int("3") == 3 and non_negative_int("0") == 0 and fraction("0.1") == 0.1
+    assert positive_float("1e-3") == 1e-3 and non_negative_float("0") == 0.0
+    for check, text, expected in (
+        (positive_int, "0", "expected a whole number >= 1, got '0'"),
+        (positive_int, "1.5", "expected a whole number >= 1, got '1.5'"),
+        (non_negative_int, "-1", "expected a whole number >= 0, got '-1'"),
+        (positive_float, "0", "expected a number > 0, got '0'"),
+        (non_negative_float, "nan", "expected a number >= 0, got 'nan'"),
+        (fraction, "1", "expected a number between 0 and 1, got '1'"),
+        (device_name, "gpu", "unknown device 'gpu'; use cpu, cuda, cuda:N or mps"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            check(text)
+        assert str(info.value) == expected
+    assert device_name("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(argparse.ArgumentTypeError, match="this machine has no cuda device"):
+            device_name("cuda")
+
+
+def test_gpt2_options_pick_the_model(monkeypatch):
+    parser = argparse.ArgumentParser()
+    add_gpt2_options(parser, "355M")
+    add_option(parser, "--seed", 7)
+    assert vars(parser.parse_args([])) == {
+        "gpt2": "355M", "standin": False, "require_gpt2": False, "seed": 7
+    }  # fmt: skip
+    with pytest.raises(SystemExit):  # argparse: not allowed with --standin
+        parser.parse_args(["--standin", "--require-gpt2"])
+    monkeypatch.setenv(STANDIN_ENV, "1")
+    standin = gpt2_from_options(parser.parse_args(["--standin"]))
+    assert standin.is_standin and standin.config == STANDIN_CONFIG
+    assert gpt2_from_options(parser.parse_args(["--gpt2", "124M"])).is_standin  # the switch
+    with pytest.raises(shared.data.DataUnavailableError, match="GPT-2 124M weights are required"):
+        gpt2_from_options(parser.parse_args(["--gpt2", "124M", "--require-gpt2"]))
 
 
 def test_help_formatter_adds_a_default_only_where_the_help_lacks_one():
@@ -148,7 +299,7 @@ def test_scripts_report_unreadable_checkpoints(bad_checkpoints, tmp_path):
     for path in bad_checkpoints:
         expected = f"error: {path}: {UNREADABLE}"
         assert main_exit("ch05/generate.py", "--checkpoint", path) == expected
-        classify = ("classify", "--classifier", path, "hi", "--device", "cpu")
+        classify = ("classify", "--checkpoint", path, "hi", "--device", "cpu")
         assert main_exit("ch06/train_classifier.py", *classify) == expected
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -293,7 +444,7 @@ def test_missing_data_is_one_line(offline, script, args):
     [
         ("ch05/generate.py", ["--gpt2", "124M", "--require-gpt2"]),
         ("ch06/train_classifier.py", ["train", "--require-gpt2"]),
-        ("ch07/finetune_instructions.py", ["--data", "{entries}", "--model-size", "124M", "--require-gpt2"]),
+        ("ch07/finetune_instructions.py", ["--data", "{entries}", "--gpt2", "124M", "--require-gpt2"]),
     ],
 )  # fmt: skip
 @pytest.mark.skipif(REAL_MIRROR is None, reason=f"{shared.data.MIRROR_ENV} is not set")
@@ -319,8 +470,9 @@ def test_require_gpt2_stops_with_an_error(offline, monkeypatch, script, args):
 
 def test_require_gpt2_contradicts_the_standin():
     for script, args in (
-        ("ch06/train_classifier.py", ["train", "--model", "standin", "--require-gpt2"]),
+        ("ch06/train_classifier.py", ["train", "--standin", "--require-gpt2"]),
         ("ch07/finetune_instructions.py", ["--standin", "--require-gpt2"]),
         ("ch05/generate.py", ["--checkpoint", "x.pth", "--require-gpt2"]),
+        ("ch05/generate.py", ["--standin", "--require-gpt2"]),
     ):
         assert main_exit(script, *args) == 2  # argparse's usage error

@@ -19,6 +19,8 @@ import time
 import torch
 import transformers
 
+from shared.cli import HelpFormatter, add_option, positive_int
+from shared.device import get_device
 from shared.llama3 import LLAMA32_CONFIG_1B, Llama3Model
 from shared.open_models import count_parameters, load_hf_weights
 from shared.pretraining import generate
@@ -58,18 +60,21 @@ def reference_config(cfg: dict, config_class: type) -> transformers.PretrainedCo
     )
 
 
-def fastest(run, repeats: int) -> tuple[float, torch.Tensor]:
-    """(shortest wall time of run() in seconds over repeats, the token ids it returned)."""
+def fastest(run, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
+    """(shortest wall time of run() on device in seconds over repeats, the token ids it
+    returned)."""
     times, ids = [], None
     for _ in range(repeats):
         start = time.perf_counter()
         ids = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # wait for the queued kernels: their time counts
         times.append(time.perf_counter() - start)
     return min(times), ids
 
 
-def benchmark(arch: str, args) -> None:
-    """Time the three variants of one architecture and print a table."""
+def benchmark(arch: str, args, device: torch.device) -> None:
+    """Time the three variants of one architecture on device and print a table."""
     published, course_class, config_class, reference_class = ARCHITECTURES[arch]
     cfg = {
         **published,
@@ -83,10 +88,12 @@ def benchmark(arch: str, args) -> None:
     reference = reference_class(reference_config(cfg, config_class)).to(dtype).eval()
     course = course_class({**cfg, "dtype": dtype}).eval()
     load_hf_weights(course, reference.state_dict())
+    reference.to(device)
+    course.to(device)
 
     prompt = torch.randint(
         0, cfg["vocab_size"], (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1)
-    )
+    ).to(device)
     n = args.new_tokens
 
     def reference_run() -> torch.Tensor:
@@ -108,7 +115,7 @@ def benchmark(arch: str, args) -> None:
         ),
         "transformers generate (cache)": reference_run,
     }
-    results = {name: fastest(run, args.repeats) for name, run in runs.items()}
+    results = {name: fastest(run, args.repeats, device) for name, run in runs.items()}
 
     print(
         f"\n{arch}: {count_parameters(course) / 1e6:.0f}M parameters ({cfg['n_layers']} layers, "
@@ -130,24 +137,35 @@ def benchmark(arch: str, args) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=[*ARCHITECTURES, "both"], default="both")
-    parser.add_argument(
-        "--layers", type=int, default=2, help="transformer blocks (published: 16 / 28)"
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
-    parser.add_argument("--vocab", type=int, default=32_000, help="vocabulary size")
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--arch", choices=[*ARCHITECTURES, "both"], default="both", help="which model to time"
+    )
+    add_option(parser, "--layers", 2, default_text="2; the published models have 16 and 28")
+    parser.add_argument("--vocab", type=positive_int, default=32_000, help="vocabulary size")
+    add_option(parser, "--prompt-tokens", 16)
+    add_option(parser, "--new-tokens", 64)
+    add_option(parser, "--repeats", 2)
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16"], default="fp32", help="the models' weights' type"
+    )
+    add_option(parser, "--device")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    device = get_device(args.device)
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"threads {torch.get_num_threads()}"
+        f"device {device}, threads {torch.get_num_threads()}"
     )
     for arch in ARCHITECTURES if args.arch == "both" else [args.arch]:
-        benchmark(arch, args)
+        benchmark(arch, args, device)
 
 
 if __name__ == "__main__":

@@ -17,53 +17,61 @@ import time
 import torch
 
 # The sibling script (its folder is on sys.path when this file runs as a script).
-from benchmark_training import gpt2_shape, transformers_model
+from benchmark_training import gpt2_shape, synchronize, transformers_model
 
-from shared.cli import HelpFormatter
-from shared.gpt import GPT2_MODEL_CONFIGS
+from shared.cli import HelpFormatter, add_option
+from shared.device import get_device
+from shared.fused_kernels import use_fused_kernels
 from shared.gpt2_weights import load_weights_into_gpt
 from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import generate
 
 
-def best_time(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    """(fastest wall time of fn() over repeats, its last result)."""
+def best_time(fn, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
+    """(fastest wall time of fn() on device over repeats, its last result)."""
     best, result = float("inf"), None
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         result = fn()
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best, result
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
-    parser.add_argument(
-        "--size", default="124M", choices=GPT2_MODEL_CONFIGS, help="the GPT-2 shape to build"
-    )
-    parser.add_argument(
-        "--layers", type=int, help="transformer blocks (default: the GPT-2 shape's own)"
-    )
-    parser.add_argument("--prompt-tokens", type=int, default=8, help="length of the random prompt")
-    parser.add_argument("--new-tokens", type=int, default=200, help="tokens generated per run")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
-    args = parser.parse_args(argv)
+    add_option(parser, "--size", "124M")
+    add_option(parser, "--layers", default_text="the size's own")
+    add_option(parser, "--prompt-tokens", 8)
+    add_option(parser, "--new-tokens", 200)
+    add_option(parser, "--repeats", 2)
+    add_option(parser, "--device")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    device = get_device(args.device)
 
     cfg = gpt2_shape(args.size, args.layers)
     torch.manual_seed(123)
-    reference = transformers_model(cfg, tied=True).eval()  # GPT-2 ties its output layer
+    reference = transformers_model(cfg, tied=True).to(device).eval()  # GPT-2 ties its output layer
     params = reference.state_dict()  # transformers' key layout, loaded as GPT-2 weights are
     course = {}
     for fused in (False, True):
-        model = KVCacheGPTModel({**cfg, "fused_kernels": fused}).eval()  # GPTModel + cache
+        model = KVCacheGPTModel(cfg).eval()  # GPTModel + cache
+        if fused:
+            use_fused_kernels(model)
         load_weights_into_gpt(model, params)
-        course[fused] = model
+        course[fused] = model.to(device)
 
     prompt = torch.randint(
         0, cfg["vocab_size"], (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0)
-    )
+    ).to(device)
     n = args.new_tokens
     context = cfg["context_length"]
 
@@ -88,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         "course, fused, KV cache": course_run(True, True),
         "reference (transformers generate, cache)": reference_run,
     }
-    results = {name: best_time(fn, args.repeats) for name, fn in runs.items()}
+    results = {name: best_time(fn, args.repeats, device) for name, fn in runs.items()}
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
     print(
         f"GPT-2 {args.size} shape ({cfg['n_layers']} blocks), batch 1, greedy, "
         f"{args.prompt_tokens} prompt + {n} new tokens"

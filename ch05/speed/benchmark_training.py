@@ -36,7 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.cli import HelpFormatter
+from shared.cli import (
+    MODEL_SIZES,
+    HelpFormatter,
+    add_option,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
+from shared.device import get_device
+from shared.fused_kernels import use_fused_kernels
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.speed import make_adamw
 
@@ -84,8 +93,9 @@ def variants(with_compile: bool, precisions: str = "both") -> list[Variant]:
 
 
 def gpt2_shape(size: str, layers: int | None = None) -> dict:
-    """GPT2_MODEL_CONFIGS[size], with `layers` transformer blocks instead when given."""
-    cfg = dict(GPT2_MODEL_CONFIGS[size])
+    """GPT-2's config with the width, depth and heads of a --size choice (shared.cli.MODEL_SIZES;
+    for GPT-2's sizes GPT2_MODEL_CONFIGS[size]), with `layers` transformer blocks when given."""
+    cfg = {**GPT2_MODEL_CONFIGS["124M"], **MODEL_SIZES[size]}
     if layers is not None:
         cfg["n_layers"] = layers
     return cfg
@@ -210,7 +220,10 @@ def build_model(variant: Variant, cfg: dict, device: torch.device) -> nn.Module:
         return LogitsOf(hf)
     if variant.model == NANO:
         return NanoStyleGPT(cfg, variant.tied).to(device)
-    model = GPTModel({**cfg, "fused_kernels": variant.fused}).to(device)
+    model = GPTModel(cfg)
+    if variant.fused:
+        use_fused_kernels(model)
+    model.to(device)
     if variant.tied:
         model.out_head.weight = model.tok_emb.weight
     return model
@@ -307,27 +320,34 @@ def load_average() -> str:
         return "unknown"
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter
     )
+    add_option(parser, "--size", "124M")
+    add_option(parser, "--layers", default_text="the size's own")
+    parser.add_argument("--context", type=positive_int, default=256, help="tokens per sequence")
+    add_option(parser, "--batch-size", 2)
+    parser.add_argument("--rounds", type=positive_int, default=2, help="interleaved rounds")
     parser.add_argument(
-        "--size", default="124M", choices=GPT2_MODEL_CONFIGS, help="the GPT-2 shape to build"
+        "--steps", type=positive_int, default=3, help="timed steps per variant and round"
     )
     parser.add_argument(
-        "--layers", type=int, help="transformer blocks (default: the GPT-2 shape's own)"
+        "--warmup", type=non_negative_int, default=1, help="untimed steps first, each round"
     )
-    parser.add_argument("--context", type=int, default=256, help="tokens per sequence")
-    parser.add_argument("--batch-size", type=int, default=2, help="sequences per step")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first, each round")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    add_option(parser, "--device")
     parser.add_argument(
-        "--matmul-size", type=int, default=2048, help="n of the n x n matmuls timing the peak"
+        "--matmul-size",
+        type=positive_int,
+        default=2048,
+        help="n of the n x n matmuls timing the peak",
     )
     parser.add_argument(
-        "--peak-seconds", type=float, default=3.0, help="seconds of matmuls timing each peak"
+        "--peak-seconds",
+        type=positive_float,
+        default=3.0,
+        help="seconds of matmuls timing each peak",
     )
     parser.add_argument(
         "--only",
@@ -338,15 +358,19 @@ def main(argv: list[str] | None = None) -> None:
         "--precision", default="both", choices=("fp32", "bf16", "both"), help="which rows to run"
     )
     parser.add_argument(
-        "--compile", action="store_true", help="add the torch.compile variants (minutes each)"
+        "--with-compile", action="store_true", help="add the torch.compile variants (minutes each)"
     )
     parser.add_argument(
         "--profile",
         action="store_true",
         help="instead of timing, print torch.profiler's table of one step of each chosen variant",
     )
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    device = get_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -354,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = {**gpt2_shape(args.size, args.layers), "context_length": args.context, "drop_rate": 0.0}
     chosen = [
         v
-        for v in variants(args.compile, args.precision)
+        for v in variants(args.with_compile, args.precision)
         if not args.only or any(word in v.name for word in args.only)
     ]
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}")
