@@ -7,6 +7,7 @@ shared.tokenizers      regex tokenizers, byte-pair encoding from scratch, GPT-2'
 shared.dataset         sliding-window dataset and data loader (ch02)
 shared.attention       self-attention up to multi-head attention (ch03)
 shared.gpt             the GPT model and simple generation (ch04)
+shared.attention_ops   attention's steps written once: heads, masks, cache, attend (ch04 bonus)
 shared.fast_attention  fast paths of multi-head attention: fused kernels, KV cache (ch04 bonus)
 shared.fused_kernels   use_fused_kernels: GPTModel's layers on PyTorch's fused kernels (ch04 bonus)
 shared.kv_cache        GPTModel with a key/value cache for generation (ch04 bonus)

@@ -23,35 +23,14 @@ import torch
 from torch import nn
 
 from shared.attention import MultiHeadAttention, causal_mask
+from shared.attention_ops import (  # noqa: F401  attend, hidden_positions: the notebook's names
+    attend,
+    extend_cache,
+    hidden_positions,
+    repeat_kv,
+    split_heads,
+)
 from shared.gpt import FeedForward
-
-
-def attend(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    hidden: torch.Tensor,
-    dropout: nn.Module,
-) -> torch.Tensor:
-    """Scaled dot-product attention, as in Chapter 3, with the heads concatenated at the end.
-
-    queries (b, h, n, d_head); keys and values (b, h, m, d_head); hidden (n, m), True where a
-    query may not look. Returns the context vectors (b, n, h * d_head).
-    """
-    b, h, n, d_head = queries.shape
-    scores = queries @ keys.transpose(2, 3)  # (b, h, n, m)
-    scores = scores.masked_fill(hidden, -torch.inf)
-    weights = dropout(torch.softmax(scores / d_head**0.5, dim=-1))
-    return (weights @ values).transpose(1, 2).reshape(b, n, h * d_head)
-
-
-def hidden_positions(mask: torch.Tensor, num_tokens: int, num_keys: int) -> torch.Tensor:
-    """The rows of mask (context_length, context_length) for the last num_tokens of num_keys
-    positions, (num_tokens, num_keys): the new queries come after the cached keys. A clear
-    error when num_keys exceeds the mask."""
-    if num_keys > mask.shape[0]:
-        raise ValueError(f"{num_keys} positions exceed the context_length of {mask.shape[0]}")
-    return mask[num_keys - num_tokens : num_keys, :num_keys]
 
 
 def sliding_window_mask(context_length: int, window_size: int) -> torch.Tensor:
@@ -108,20 +87,18 @@ class GroupedQueryAttention(MultiHeadAttention):
         self.cache_k, self.cache_v = keys, values
 
     def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
-        b, n, _ = x.shape
+        n = x.shape[1]
         queries = self.split_heads(self.W_query(x))  # (b, h, n, d_head)
-        keys = self.W_key(x).view(b, n, self.num_kv_groups, self.head_dim).transpose(1, 2)
-        values = self.W_value(x).view(b, n, self.num_kv_groups, self.head_dim).transpose(1, 2)
+        keys = split_heads(self.W_key(x), self.num_kv_groups)  # (b, g, n, d_head)
+        values = split_heads(self.W_value(x), self.num_kv_groups)
         if use_cache:
-            if self.cache_k is not None:
-                keys = torch.cat([self.cache_k, keys], dim=2)
-                values = torch.cat([self.cache_v, values], dim=2)
+            keys = extend_cache(self.cache_k, keys)
+            values = extend_cache(self.cache_v, values)
             self.keep_in_cache(keys, values)
         hidden = hidden_positions(self.mask, n, keys.shape[2])
         # Copy each key/value head for the query heads of its group: (b, g, m, .) -> (b, h, m, .)
         heads_per_group = self.num_heads // self.num_kv_groups
-        keys = keys.repeat_interleave(heads_per_group, dim=1)
-        values = values.repeat_interleave(heads_per_group, dim=1)
+        keys, values = repeat_kv(keys, heads_per_group), repeat_kv(values, heads_per_group)
         return self.out_proj(attend(queries, keys, values, hidden, self.dropout))
 
 
@@ -203,9 +180,7 @@ class MultiHeadLatentAttention(MultiHeadAttention):
         n = x.shape[1]
         latent = self.W_latent(x)  # (b, n, latent_dim)
         if use_cache:
-            if self.cache_latent is not None:
-                latent = torch.cat([self.cache_latent, latent], dim=1)
-            self.cache_latent = latent
+            latent = self.cache_latent = extend_cache(self.cache_latent, latent, dim=1)
         hidden = hidden_positions(self.mask, n, latent.shape[1])
         queries = self.split_heads(self.W_query(x))
         keys = self.split_heads(self.W_key(latent))  # (b, h, m, d_head)

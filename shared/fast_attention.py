@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.attention import MultiHeadAttention
+from shared.attention_ops import attend, extend_cache, hidden_positions, merge_heads
 
 
 def swap_class(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
@@ -46,12 +47,6 @@ def project_qkv_stacked(
     """Queries, keys and values of x (b, n, d_in) from one product with the stacked weights,
     each split into heads: (b, h, n, d_head)."""
     return tuple(att.split_heads(t) for t in F.linear(x, weight, bias).split(att.d_out, dim=-1))
-
-
-def merge_heads(context: torch.Tensor) -> torch.Tensor:
-    """(b, h, n, d_head) -> (b, n, h * d_head): the heads' outputs side by side."""
-    b, h, n, d_head = context.shape
-    return context.transpose(1, 2).contiguous().view(b, n, h * d_head)
 
 
 class FusedMultiHeadAttention(MultiHeadAttention):
@@ -134,14 +129,11 @@ class KVCacheMultiHeadAttention(MultiHeadAttention):
         num_tokens = x.shape[1]
         queries, keys, values = self.project_qkv(x, use_cache)
         if use_cache:
-            if self.cache_k is not None:
-                keys = torch.cat([self.cache_k, keys], dim=2)
-                values = torch.cat([self.cache_v, values], dim=2)
-            self.cache_k, self.cache_v = keys, values
+            keys = self.cache_k = extend_cache(self.cache_k, keys)
+            values = self.cache_v = extend_cache(self.cache_v, values)
         num_keys = keys.shape[2]
-        self.check_length(num_keys)
         # Query i sits at position num_keys - num_tokens + i and may see keys up to there.
-        future = self.mask[num_keys - num_tokens : num_keys, :num_keys]
+        future = hidden_positions(self.mask, num_tokens, num_keys)
 
         if self.fused:
             # is_causal aligns the mask to the top left, so it only fits when nothing is cached;
@@ -156,9 +148,5 @@ class KVCacheMultiHeadAttention(MultiHeadAttention):
                 dropout_p=self.dropout.p if self.training else 0.0,
                 is_causal=causal,
             )
-        else:
-            attn_scores = queries @ keys.transpose(2, 3)  # (b, h, n, num_keys)
-            attn_scores = attn_scores.masked_fill(future, -torch.inf)
-            attn_weights = torch.softmax(attn_scores / self.head_dim**0.5, dim=-1)
-            context = self.dropout(attn_weights) @ values  # (b, h, n, d_head)
-        return self.out_proj(merge_heads(context))
+            return self.out_proj(merge_heads(context))
+        return self.out_proj(attend(queries, keys, values, future, self.dropout))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from shared.attention_ops import attend, extend_cache, repeat_kv, split_heads
 from shared.checkpoints import describe_mismatch
 from shared.data import CorruptDataError, DataFile, DataUnavailableError, fetch
 from shared.gpt2_weights import STANDIN_ENV
@@ -128,18 +129,13 @@ class GroupedQueryAttention(nn.Module):
         """Forget the cached keys and values."""
         self.cache_k = self.cache_v = None
 
-    def split_heads(self, t: torch.Tensor, heads: int) -> torch.Tensor:
-        """(b, n, heads * k) -> (b, heads, n, k)."""
-        b, n, _ = t.shape
-        return t.view(b, n, heads, self.head_dim).transpose(1, 2)
-
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_cache: bool = False
     ) -> torch.Tensor:
-        b, num_tokens, _ = x.shape
-        queries = self.split_heads(self.W_query(x), self.num_heads)  # (b, h, n, k)
-        keys = self.split_heads(self.W_key(x), self.num_kv_groups)  # (b, g, n, k)
-        values = self.split_heads(self.W_value(x), self.num_kv_groups)
+        num_tokens = x.shape[1]
+        queries = split_heads(self.W_query(x), self.num_heads)  # (b, h, n, k)
+        keys = split_heads(self.W_key(x), self.num_kv_groups)  # (b, g, n, k)
+        values = split_heads(self.W_value(x), self.num_kv_groups)
         if self.q_norm is not None:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
 
@@ -147,25 +143,17 @@ class GroupedQueryAttention(nn.Module):
         queries = apply_rope(queries, cos, sin, offset=start)
         keys = apply_rope(keys, cos, sin, offset=start)
         if use_cache:
-            if self.cache_k is not None:
-                keys = torch.cat([self.cache_k, keys], dim=2)
-                values = torch.cat([self.cache_v, values], dim=2)
-            self.cache_k, self.cache_v = keys, values
+            keys = self.cache_k = extend_cache(self.cache_k, keys)
+            values = self.cache_v = extend_cache(self.cache_v, values)
 
         # Each key/value head serves num_heads / num_kv_groups consecutive query heads.
         group_size = self.num_heads // self.num_kv_groups
-        keys = keys.repeat_interleave(group_size, dim=1)  # (b, h, num_keys, k)
-        values = values.repeat_interleave(group_size, dim=1)
+        keys, values = repeat_kv(keys, group_size), repeat_kv(values, group_size)  # (b, h, m, k)
 
         num_keys = keys.shape[2]
         # Query i sits at position start + i and may see keys 0 ... start + i.
         future = torch.ones(num_tokens, num_keys, dtype=torch.bool, device=x.device).triu(start + 1)
-        attn_scores = queries @ keys.transpose(2, 3) / self.head_dim**0.5  # (b, h, n, num_keys)
-        attn_scores = attn_scores.masked_fill(future, -torch.inf)
-        attn_weights = torch.softmax(attn_scores, dim=-1, dtype=torch.float32).to(values.dtype)
-        context = attn_weights @ values  # (b, h, n, k)
-        context = context.transpose(1, 2).reshape(b, num_tokens, self.num_heads * self.head_dim)
-        return self.out_proj(context)
+        return self.out_proj(attend(queries, keys, values, future))
 
 
 class OpenTransformerBlock(nn.Module):

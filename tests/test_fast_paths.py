@@ -4,6 +4,7 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shared.attention import MultiHeadAttention
 from shared.fast_attention import FusedMultiHeadAttention, KVCacheMultiHeadAttention, swap_class
@@ -309,3 +310,21 @@ def test_notebook_memory_formula_matches_the_cache_tensors(kv_notebook):
     assert held == kv_notebook["kv_cache_bytes"](TINY, num_tokens=9, batch_size=3)
     # GPT-2 124M at its full context: 2 x 768 x 4 bytes x 12 layers x 1,024 tokens = 72 MiB.
     assert kv_notebook["kv_cache_bytes"]({"emb_dim": 768, "n_layers": 12}, 1024) == 72 * 1024**2
+
+
+def test_attention_primitives_match_pytorch():
+    from shared.attention import causal_mask
+    from shared.attention_ops import attend, extend_cache, hidden_positions, repeat_kv, split_heads
+
+    torch.manual_seed(0)
+    q, k, v = (split_heads(torch.randn(2, 5, 24), 4) for _ in range(3))  # (2, 4, 5, 6) each
+    context = attend(q, k, v, hidden_positions(causal_mask(8), 5, 5))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(context, expected.transpose(1, 2).reshape(2, 5, 24))
+    # The last 2 of 5 positions as new queries after 3 cached keys: the last rows of the above.
+    rows = attend(q[:, :, 3:], k, v, hidden_positions(causal_mask(8), 2, 5))
+    torch.testing.assert_close(rows, context[:, 3:])
+    assert torch.equal(extend_cache(k[:, :, :3], k[:, :, 3:]), k)
+    assert torch.equal(repeat_kv(k[:, :2], 2), k[:, [0, 0, 1, 1]])
+    with pytest.raises(ValueError, match="9 positions exceed the context_length of 8"):
+        hidden_positions(causal_mask(8), 1, 9)

@@ -334,3 +334,19 @@ def test_import_check_sees_a_fast_path_import(tmp_path):
     source = tmp_path / "gpt.py"
     source.write_text("def f():\n    from shared.fast_attention import swap_class\n")
     assert course_imports(source) == {"shared.fast_attention"}
+
+
+def attention_softmax_files() -> set[str]:
+    """The shared modules that take a softmax of attention scores (a reviewable grep)."""
+    pattern = re.compile(r"softmax\((attn_)?scores\b")
+    return {
+        path.name
+        for path in (REPO / "shared").glob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    }
+
+
+def test_masked_attention_is_written_once_beside_the_chapter():
+    """Chapter 3's classes spell attention out for the reader; every other attention layer calls
+    shared.attention_ops.attend (or PyTorch's scaled_dot_product_attention)."""
+    assert attention_softmax_files() == {"attention.py", "attention_ops.py"}

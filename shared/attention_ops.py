@@ -1,0 +1,76 @@
+"""The pieces every attention layer beyond Chapter 3 is made of, written once.
+
+Chapter 3's MultiHeadAttention spells these steps out for the reader; the fast and cached paths
+(shared.fast_attention), the attention variants (shared.attention_variants) and the open models'
+attention (shared.open_models) call them instead:
+
+- split_heads / merge_heads: (b, n, h * d_head) <-> (b, h, n, d_head);
+- repeat_kv: each key/value head copied for the query heads of its group (grouped queries);
+- extend_cache: the cached keys or values followed by the new ones;
+- hidden_positions: the rows of a causal (or sliding-window) mask for the newest queries, which
+  come after the cached positions;
+- attend: scores, mask, softmax, dropout and the weighted sum of the values, heads merged.
+
+Shapes: b = batch size, n = number of new tokens (queries), m = number of keys (cached + new),
+h = number of heads, g = number of key/value heads, d_head = head size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, n, heads * d_head) -> (b, heads, n, d_head)."""
+    b, n, width = t.shape
+    return t.view(b, n, heads, width // heads).transpose(1, 2)
+
+
+def merge_heads(context: torch.Tensor) -> torch.Tensor:
+    """(b, h, n, d_head) -> (b, n, h * d_head): the heads' outputs side by side."""
+    b, h, n, d_head = context.shape
+    return context.transpose(1, 2).contiguous().view(b, n, h * d_head)
+
+
+def repeat_kv(t: torch.Tensor, heads_per_group: int) -> torch.Tensor:
+    """(b, g, m, d_head) -> (b, g * heads_per_group, m, d_head): each key/value head repeated for
+    the heads_per_group consecutive query heads it serves."""
+    return t if heads_per_group == 1 else t.repeat_interleave(heads_per_group, dim=1)
+
+
+def extend_cache(cached: torch.Tensor | None, new: torch.Tensor, dim: int = 2) -> torch.Tensor:
+    """The cached tensor followed by new along dim (the positions); new alone when nothing is
+    cached yet."""
+    return new if cached is None else torch.cat([cached, new], dim=dim)
+
+
+def hidden_positions(mask: torch.Tensor, num_tokens: int, num_keys: int) -> torch.Tensor:
+    """The rows of mask (context_length, context_length), True where a query may not look, for
+    the last num_tokens of num_keys positions: (num_tokens, num_keys). A clear error when
+    num_keys exceeds the mask."""
+    if num_keys > mask.shape[0]:
+        raise ValueError(f"{num_keys} positions exceed the context_length of {mask.shape[0]}")
+    return mask[num_keys - num_tokens : num_keys, :num_keys]
+
+
+def attend(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    hidden: torch.Tensor,
+    dropout: nn.Module | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention as Chapter 3 computes it, with the heads merged at the end.
+
+    queries (b, h, n, d_head); keys and values (b, h, m, d_head); hidden (n, m), True where a
+    query may not look; dropout on the attention weights (None: none). The softmax runs in
+    float32 for lower-precision inputs. Returns the context vectors (b, n, h * d_head).
+    """
+    scores = queries @ keys.transpose(2, 3)  # (b, h, n, m)
+    scores = scores.masked_fill(hidden, -torch.inf)
+    d_head = queries.shape[-1]
+    weights = torch.softmax(scores / d_head**0.5, dim=-1, dtype=torch.float32).to(values.dtype)
+    if dropout is not None:
+        weights = dropout(weights)
+    return merge_heads(weights @ values)
