@@ -71,8 +71,8 @@ class FusedMultiHeadAttention(MultiHeadAttention):
 class KVCacheMultiHeadAttention(MultiHeadAttention):
     """MultiHeadAttention that can keep the keys and values it has computed, for generation.
 
-    fused=True computes as FusedMultiHeadAttention does (one QKV product and
-    scaled_dot_product_attention); False as MultiHeadAttention does.
+    Takes MultiHeadAttention's arguments and fused: True computes as FusedMultiHeadAttention
+    does (one QKV product and scaled_dot_product_attention), False as MultiHeadAttention does.
 
     forward: x (b, n, d_in) -> (b, n, d_out). With use_cache=True the keys and values of x are
     appended to the cache, and x's queries attend to every cached position before them
@@ -80,17 +80,8 @@ class KVCacheMultiHeadAttention(MultiHeadAttention):
     computes exactly what the class it mirrors computes and leaves the cache alone.
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        d_out: int,
-        context_length: int,
-        dropout: float,
-        num_heads: int,
-        qkv_bias: bool = False,
-        fused: bool = False,
-    ):
-        super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+    def __init__(self, *args, fused: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
         self.fused = fused
         self.reset_cache()
 
