@@ -1,12 +1,31 @@
-"""Read the code a notebook teaches, so tests can compare it with the `shared` package."""
+"""The course's notebooks: the list of them, and the code each teaches, read so that tests can
+compare it with the `shared` package."""
 
 from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def notebooks() -> list[Path]:
+    """Every notebook in the repository, outside hidden folders (checkpoints, virtual envs)."""
+    found = []
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        found += [Path(root, f) for f in sorted(files) if f.endswith(".ipynb")]
+    return found
+
+
+NOTEBOOKS = notebooks()
+
+
+def ids(paths):
+    """Test ids for paths: each relative to the repository."""
+    return [str(p.relative_to(REPO)) for p in paths]
 
 
 def notebook_definitions(notebook: str | Path) -> dict:

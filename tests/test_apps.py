@@ -35,30 +35,17 @@ from shared.gpt2_weights import STANDIN_CONFIG
 from shared.instruction import format_prompt, format_training_text, generate_response
 from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import generate, save_checkpoint, text_to_token_ids
-from shared.tokenizers import gpt2_tokenizer
+from tests.conftest import TINY
 from tests.notebook_code import REPO
 from tests.scripts import load_script
 
-TINY = {
-    "vocab_size": 50257,
-    "context_length": 96,
-    "emb_dim": 16,
-    "n_heads": 2,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
+CONFIG = {**TINY, "context_length": 96, "emb_dim": 16, "qkv_bias": True}
 CH05, CH06, CH07 = (load_script(REPO / f"ch0{n}" / "app.py") for n in (5, 6, 7))
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
 
 
 def tiny_model(seed: int = 1, cls=KVCacheGPTModel):
     torch.manual_seed(seed)
-    return cls(TINY).eval()
+    return cls(CONFIG).eval()
 
 
 # --- the Python side ---------------------------------------------------------------------------
@@ -136,12 +123,12 @@ def test_describe_config_tells_the_stand_in_from_gpt2():
 
 def test_load_or_fall_back_explains_a_missing_or_broken_checkpoint(tmp_path):
     good = tmp_path / "good.pth"
-    save_checkpoint(good, tiny_model(cls=GPTModel), config=TINY, style="phi3")
+    save_checkpoint(good, tiny_model(cls=GPTModel), config=CONFIG, style="phi3")
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
 
     def fall_back():
-        return AppModel(tiny_model(2), TINY, "the fallback")
+        return AppModel(tiny_model(2), CONFIG, "the fallback")
 
     loaded = load_or_fall_back(lambda: load_gpt_checkpoint(good), fall_back, "Train one.", good)
     assert loaded.banner is None and loaded.extra["style"] == "phi3"
@@ -164,7 +151,7 @@ def test_load_or_fall_back_explains_a_missing_or_broken_checkpoint(tmp_path):
 
 
 def test_ch05_complete_streams_the_greedy_continuation(tokenizer):
-    app_model = AppModel(tiny_model(), TINY, "tiny")
+    app_model = AppModel(tiny_model(), CONFIG, "tiny")
     updates = list(CH05.complete(app_model, tokenizer, "cpu", "Every effort", 6, 0.0, 0, 123))
     idx = text_to_token_ids("Every effort", tokenizer)
     expected = generate(app_model.model, idx, 6, 96, eos_id=tokenizer.eot_token)[0, 2:]
@@ -194,7 +181,7 @@ def test_ch06_probabilities_come_from_classify_reviews_forward_pass(tokenizer):
         assert label == classify_review(text, model, tokenizer, "cpu", max_length=20)
         assert sum(probabilities.values()) == pytest.approx(1.0)
         assert (probabilities["spam"] > 0.5) == (label == "spam")
-    app_model = AppModel(model, TINY, "tiny", extra={"max_length": 20})
+    app_model = AppModel(model, CONFIG, "tiny", extra={"max_length": 20})
     _, status = CH06.classify(app_model, tokenizer, "cpu", "word" + " word" * 29)
     assert status.endswith(
         "(30 tokens). The classifier reads only the first 20 tokens (the length it was trained with)."
@@ -237,11 +224,11 @@ def test_ch07_finds_the_newest_checkpoint_with_a_config(tmp_path):
     assert CH07.find_checkpoint(tmp_path) is None
     older, newer = tmp_path / "a-sft.pth", tmp_path / "b-dpo.pth"
     for path in (older, newer):
-        save_checkpoint(path, tiny_model(cls=GPTModel), config=TINY)
+        save_checkpoint(path, tiny_model(cls=GPTModel), config=CONFIG)
     os.utime(older, (1, 1))
     (tmp_path / "z-notes.pth").write_bytes(b"not a checkpoint")
     assert CH07.find_checkpoint(tmp_path) == newer
-    save_checkpoint(newer, tiny_model(cls=GPTModel), config=TINY, dpo={"beta": 0.1})
+    save_checkpoint(newer, tiny_model(cls=GPTModel), config=CONFIG, dpo={"beta": 0.1})
     assert CH07.load_model(newer).description == (
         "a custom GPT (n_layers=2, emb_dim=16, n_heads=2), from `b-dpo.pth` "
         "(instruction-finetuned, then preference-tuned with DPO)"
@@ -336,7 +323,7 @@ def test_ch05_app_streams_the_models_greedy_completion(browser, tmp_path, tokeni
     from playwright.sync_api import expect
 
     checkpoint = tmp_path / "last.pth"
-    save_checkpoint(checkpoint, tiny_model(cls=GPTModel), config=TINY)
+    save_checkpoint(checkpoint, tiny_model(cls=GPTModel), config=CONFIG)
     prompt = "Every effort moves you"
     idx = text_to_token_ids(prompt, tokenizer)
     reference = generate(tiny_model(cls=GPTModel), idx, 20, 96, eos_id=tokenizer.eot_token)
@@ -365,7 +352,7 @@ def test_ch06_app_shows_classify_reviews_label_and_both_probabilities(browser, t
 
     checkpoint = tmp_path / "classifier.pth"
     model = tiny_classifier()
-    save_classifier(checkpoint, model, TINY, max_length=24)
+    save_classifier(checkpoint, model, CONFIG, max_length=24)
     with opened(CH06.build_app(checkpoint, device="cpu"), browser, "ch06-app") as tab:
         tab.locator("#classify").click()
         expect(tab.locator("#message")).to_have_text("Type a message first: it is empty.")
@@ -403,7 +390,7 @@ def test_ch07_app_chats_with_the_models_answer_and_says_what_it_remembers(
     from playwright.sync_api import expect
 
     checkpoint = tmp_path / "tiny-sft.pth"
-    save_checkpoint(checkpoint, tiny_model(4, GPTModel), config=TINY, style="alpaca")
+    save_checkpoint(checkpoint, tiny_model(4, GPTModel), config=CONFIG, style="alpaca")
     instruction = "Rewrite the sentence in passive voice: The cat ate the fish."
     answer = generate_response(
         tiny_model(4, GPTModel), tokenizer, {"instruction": instruction}, "cpu", max_new_tokens=24

@@ -21,6 +21,7 @@ from shared.attention_variants import (
 from shared.gpt import FeedForward, GPTModel, generate_text_simple
 from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import generate
+from tests.conftest import TINY
 from tests.notebook_code import notebook_definitions
 
 D, CONTEXT, HEADS = 24, 16, 6
@@ -194,8 +195,7 @@ def test_moe_parameter_formula():
 
 
 def test_variants_run_inside_the_gpt_model():
-    cfg = {"vocab_size": 50, "context_length": CONTEXT, "emb_dim": D, "n_heads": HEADS,
-           "n_layers": 2, "drop_rate": 0.0, "qkv_bias": False}  # fmt: skip
+    cfg = {**TINY, "vocab_size": 50, "context_length": CONTEXT, "emb_dim": D, "n_heads": HEADS}
     torch.manual_seed(4)
     model = GPTModel(cfg).eval()
     for block in model.trf_blocks:
@@ -215,8 +215,7 @@ def test_variants_run_inside_the_gpt_model():
     ids=["gqa", "swa", "mla"],
 )
 def test_cached_generation_in_the_kv_cache_model_gives_the_same_tokens(make_attention):
-    cfg = {"vocab_size": 50, "context_length": CONTEXT, "emb_dim": D, "n_heads": HEADS,
-           "n_layers": 2, "drop_rate": 0.0, "qkv_bias": False}  # fmt: skip
+    cfg = {**TINY, "vocab_size": 50, "context_length": CONTEXT, "emb_dim": D, "n_heads": HEADS}
     torch.manual_seed(8)
     model = KVCacheGPTModel(cfg).eval()
     for block in model.trf_blocks:

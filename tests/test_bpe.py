@@ -34,11 +34,6 @@ TRICKY_TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def verdict() -> str:
-    return fetch("the-verdict").read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
 def gpt2_bpe() -> BPETokenizer:
     return BPETokenizer.from_gpt2_files(fetch("gpt2-vocab-bpe"), fetch("gpt2-encoder-json"))
 

@@ -9,15 +9,15 @@ import torch
 
 from shared import gpt2_weights
 from shared.gpt import GPTModel
+from tests.conftest import TINY
 from tests.notebook_code import notebook_definitions
 
-TINY = {
+CONFIG = {
+    **TINY,
     "vocab_size": 1000,
     "context_length": 32,
     "emb_dim": 48,
     "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.0,
     "qkv_bias": True,
 }
 
@@ -28,9 +28,9 @@ def notebook():
 
 
 def random_gpt(seed: int) -> GPTModel:
-    """A TINY GPTModel whose every parameter is random (biases and norms included)."""
+    """A GPTModel of CONFIG whose every parameter is random (biases and norms included)."""
     torch.manual_seed(seed)
-    model = GPTModel(TINY).eval()
+    model = GPTModel(CONFIG).eval()
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.3)
@@ -39,7 +39,7 @@ def random_gpt(seed: int) -> GPTModel:
 
 def loaded_by(load, params, seed: int) -> GPTModel:
     torch.manual_seed(seed)
-    model = GPTModel(TINY).eval()
+    model = GPTModel(CONFIG).eval()
     load(model, params)
     return model
 
@@ -62,7 +62,9 @@ def test_notebook_loader_gives_the_model_shared_loader_gives(notebook):
     # The round trip restores every tensor; the output head is tied to the token embedding.
     assert_same_state(ours, source, skip={"out_head.weight"})
     assert torch.equal(ours.out_head.weight, source.tok_emb.weight)
-    ids = torch.randint(0, TINY["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        0, CONFIG["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         assert torch.equal(ours(ids), theirs(ids))
 
@@ -76,7 +78,7 @@ def test_notebook_assign_and_loader_name_what_does_not_fit(notebook):
         loaded_by(notebook["load_weights_into_gpt"], params, seed=6)
     with pytest.raises(ValueError, match=r"'x' has shape \(3,\), but the model needs \(2,\)"):
         notebook["assign"](torch.nn.Parameter(torch.zeros(2)), torch.ones(3), "x")
-    without_bias = GPTModel({**TINY, "qkv_bias": False})
+    without_bias = GPTModel({**CONFIG, "qkv_bias": False})
     with pytest.raises(ValueError, match="qkv_bias=True"):
         notebook["load_weights_into_gpt"](without_bias, params)
 

@@ -24,9 +24,11 @@ from shared.pretraining import (
     token_ids_to_text,
 )
 from shared.tokenizers import gpt2_tokenizer
+from tests.conftest import TINY
 from tests.notebook_code import REPO
 from tests.scripts import load_script, run_main, run_script
-from tests.test_pretraining import one_thread  # noqa: F401  (autouse: tiny models, one thread)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAIN = REPO / "ch05" / "train.py"
 GENERATE = REPO / "ch05" / "generate.py"
@@ -198,20 +200,12 @@ def test_generate_gpt2_offline_uses_the_standin(offline, capsys):
 
 
 def test_generate_gpt2_from_cached_weights(offline, monkeypatch, capsys):
-    config = {
-        "vocab_size": 50257,
-        "context_length": 32,
-        "emb_dim": 16,
-        "n_heads": 2,
-        "n_layers": 1,
-        "drop_rate": 0.0,
-        "qkv_bias": True,
-    }
+    config = {**TINY, "n_layers": 1, "qkv_bias": True}  # one block, biased as GPT-2's
     torch.manual_seed(0)
     d = config["emb_dim"]
     params = {
-        "wte.weight": torch.randn(50257, d),
-        "wpe.weight": torch.randn(32, d),
+        "wte.weight": torch.randn(config["vocab_size"], d),
+        "wpe.weight": torch.randn(config["context_length"], d),
         "ln_f.weight": torch.ones(d),
         "ln_f.bias": torch.zeros(d),
     }
@@ -247,7 +241,7 @@ def test_generate_gpt2_from_cached_weights(offline, monkeypatch, capsys):
         model.eval(),
         text_to_token_ids("Every effort moves you", tokenizer),
         6,
-        32,
+        config["context_length"],
         eos_id=tokenizer.eot_token,
     )
     assert "\n".join(out[1:]) == token_ids_to_text(ids, tokenizer)

@@ -10,8 +10,10 @@ import torch
 
 from shared.pretraining import calc_loss_batch
 from shared.speed import TrainingOptions, learning_rate_at, train_step
+from tests.conftest import tiny_model
 from tests.notebook_code import notebook_definitions
-from tests.test_pretraining import one_thread, tiny_model  # noqa: F401  (autouse)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

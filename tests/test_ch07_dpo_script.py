@@ -10,11 +10,12 @@ import torch
 
 from shared.gpt import GPTModel
 from shared.pretraining import load_checkpoint, save_checkpoint
+from tests.conftest import TINY
 from tests.notebook_code import REPO
 from tests.scripts import load_script, run_main, run_script
-from tests.test_preference import TINY_CONFIG
 
 SCRIPT = REPO / "ch07" / "dpo_finetune.py"
+CONFIG = {**TINY, "context_length": 64}  # --allowed-max-length 64 below
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -26,7 +27,7 @@ def sft_checkpoint(tmp_path):
     """A checkpoint as finetune_instructions.py writes it (model, config, prompt style)."""
     torch.manual_seed(0)
     path = tmp_path / "tiny-sft.pth"
-    save_checkpoint(path, GPTModel(TINY_CONFIG), config=TINY_CONFIG, style="alpaca")
+    save_checkpoint(path, GPTModel(CONFIG), config=CONFIG, style="alpaca")
     return path
 
 
@@ -55,10 +56,10 @@ def test_dpo_end_to_end(tmp_path, sft_checkpoint):
     assert f"Model saved to {out}" in result.stdout
 
     # the saved model loads like the SFT checkpoint, keeps its extras, and has moved
-    before, after = GPTModel(TINY_CONFIG), GPTModel(TINY_CONFIG)
+    before, after = GPTModel(CONFIG), GPTModel(CONFIG)
     load_checkpoint(sft_checkpoint, before)
     extra = load_checkpoint(out, after)
-    assert extra["config"] == TINY_CONFIG and extra["style"] == "alpaca"
+    assert extra["config"] == CONFIG and extra["style"] == "alpaca"
     assert extra["dpo"]["beta"] == 0.1 and extra["dpo"]["reduction"] == "sum"
     changed = [
         name

@@ -14,9 +14,9 @@ from shared.gpt2_weights import STANDIN_CONFIG
 from shared.instruction import generate_response
 from shared.pretraining import load_checkpoint
 from shared.tokenizers import gpt2_tokenizer
+from tests.conftest import FakeOllama
 from tests.notebook_code import REPO
 from tests.scripts import run_main, run_script
-from tests.test_instruction import FakeOllama
 
 CH07 = REPO / "ch07"
 

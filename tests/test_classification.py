@@ -30,23 +30,17 @@ from shared.classification import (
 from shared.gpt import GPTModel
 from shared.pretraining import save_checkpoint
 from shared.tokenizers import gpt2_tokenizer
+from tests.conftest import TINY
 from tests.notebook_code import notebook_definitions
-from tests.test_pretraining import one_thread  # noqa: F401  (autouse: tiny models, one thread)
 
-TINY = {
-    "vocab_size": 50257,
-    "context_length": 16,
-    "emb_dim": 32,
-    "n_heads": 2,
-    "n_layers": 3,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIG = {**TINY, "n_layers": 3, "qkv_bias": True}
 
 
 def tiny_classifier(seed: int = 123, trainable_blocks=1, **overrides) -> GPTModel:
     torch.manual_seed(seed)
-    model = GPTModel({**TINY, **overrides})
+    model = GPTModel({**CONFIG, **overrides})
     return convert_to_classifier(model, num_classes=2, trainable_blocks=trainable_blocks)
 
 
@@ -220,7 +214,7 @@ def trainable_names(model) -> set[str]:
 
 def test_convert_to_classifier_freezes_all_but_the_last_block_norm_and_head():
     model = tiny_classifier()
-    assert model.out_head.weight.shape == (2, TINY["emb_dim"]) and model.out_head.bias is not None
+    assert model.out_head.weight.shape == (2, CONFIG["emb_dim"]) and model.out_head.bias is not None
     expected = {
         name
         for name, _ in model.named_parameters()
@@ -380,9 +374,9 @@ def test_classify_review_odd_and_long_messages():
 
 def test_save_and_load_classifier(tmp_path):
     model = tiny_classifier(seed=5)
-    path = save_classifier(tmp_path / "clf.pth", model, TINY, max_length=12, test_accuracy=0.9)
+    path = save_classifier(tmp_path / "clf.pth", model, CONFIG, max_length=12, test_accuracy=0.9)
     loaded, extra = load_classifier(path)
-    assert extra["max_length"] == 12 and extra["num_classes"] == 2 and extra["config"] == TINY
+    assert extra["max_length"] == 12 and extra["num_classes"] == 2 and extra["config"] == CONFIG
     assert extra["test_accuracy"] == 0.9 and not loaded.training
     x = torch.randint(0, 50257, (2, 7))
     model.eval()

@@ -6,18 +6,12 @@ import torch
 
 from shared import corpus
 from shared.corpus import TOKEN_DTYPE, TokenWindowDataset, prepare_token_file
-from shared.data import fetch
 from shared.dataset import GPTDatasetV1
 from shared.tokenizers import END_OF_TEXT, gpt2_tokenizer
 
 TRICKY = (
     "Hello,  world!\n\n  Indented line\t\tand tabs\n\n\nIt's 2024... café 🚀\n<|endoftext|>\nEnd \n"
 )
-
-
-@pytest.fixture
-def verdict() -> str:
-    return fetch("the-verdict").read_text(encoding="utf-8")
 
 
 def test_windows_equal_in_memory_dataset(tmp_path, verdict):

@@ -1,7 +1,8 @@
 """Tests of shared.data: cache and mirror directories, verification, and downloads.
 
-The network path runs against a small HTTP server on 127.0.0.1 that these tests start, so they
-need no internet and can make a transfer go wrong on purpose (cut short, wrong bytes, missing).
+The network path runs against a small HTTP server on 127.0.0.1 that these tests start (the server
+fixture, tests/conftest.py), so they need no internet and can make a transfer go wrong on purpose
+(cut short, wrong bytes, missing).
 """
 
 from __future__ import annotations
@@ -11,15 +12,14 @@ import hashlib
 import io
 import os
 import socket
-import threading
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from shared import data
 from shared.data import CorruptDataError, DataFile, DataUnavailableError
+from tests.conftest import leftovers
 
 # The real mirror, read before any test replaces the variable (CI always sets it).
 REAL_MIRROR = os.environ.get(data.MIRROR_ENV)
@@ -29,17 +29,6 @@ SMS_LINES = 5574
 
 def sha(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
-
-
-def leftovers(directory: Path) -> list[str]:
-    """Every file and temporary ``.part`` folder below ``directory``, relative to it."""
-    if not directory.exists():
-        return []
-    return sorted(
-        str(p.relative_to(directory))
-        for p in directory.rglob("*")
-        if p.is_file() or p.name.endswith(".part")
-    )
 
 
 def sms_text(lines: int = SMS_LINES, bad_label_at: int | None = None) -> bytes:
@@ -59,95 +48,6 @@ def zip_of(members: dict[str, bytes]) -> bytes:
         for name, content in members.items():
             archive.writestr(name, content)
     return buffer.getvalue()
-
-
-# --- a local HTTP server ------------------------------------------------------------------------
-
-
-class Server:
-    """Routes of a local HTTP server and how many requests each received.
-
-    ``routes[path] = (body, announced_length)``: the server announces ``announced_length`` bytes
-    (``None``: the body's true length) and sends ``body``, then closes the connection.
-    ``raw[path]``: bytes sent as they are, in place of an HTTP response.
-    ``redirects[path]``: an address answered with 302 Found (as the Hugging Face hub answers).
-    ``errors[path]``: an HTTP error status answered instead of the file (403, 429, ...).
-    """
-
-    def __init__(self) -> None:
-        self.routes: dict[str, tuple[bytes, int | None]] = {}
-        self.raw: dict[str, bytes] = {}
-        self.redirects: dict[str, str] = {}
-        self.errors: dict[str, int] = {}
-        self.hits: dict[str, int] = {}
-        self.base = ""
-
-    def serve(self, path: str, body: bytes, announced_length: int | None = None) -> str:
-        self.routes[path] = (body, announced_length)
-        return self.base + path
-
-
-def make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
-            server.hits[self.path] = server.hits.get(self.path, 0) + 1
-            if self.path in server.raw:
-                self.wfile.write(server.raw[self.path])
-                self.close_connection = True
-                return
-            if self.path in server.errors:
-                self.send_error(server.errors[self.path])
-                return
-            if self.path in server.redirects:
-                self.send_response(302)
-                self.send_header("Location", server.redirects[self.path])
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            if self.path not in server.routes:
-                self.send_error(404)
-                return
-            body, announced = server.routes[self.path]
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body) if announced is None else announced))
-            self.end_headers()
-            self.wfile.write(body)
-            self.close_connection = True
-
-        def log_message(self, format, *args) -> None:  # quiet test output
-            pass
-
-    return Handler
-
-
-@pytest.fixture
-def server():
-    state = Server()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    httpd.timeout = 5
-    httpd.daemon_threads = True
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
-        yield state
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-@pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    """An empty cache and an empty mirror, set through the two environment variables."""
-    cache, mirror = tmp_path / "cache", tmp_path / "mirror"
-    mirror.mkdir()
-    monkeypatch.setenv(data.CACHE_ENV, str(cache))
-    monkeypatch.setenv(data.MIRROR_ENV, str(mirror))
-    for variable in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
-        monkeypatch.delenv(variable, raising=False)
-    return cache, mirror
 
 
 def closed_port_url(name: str) -> str:

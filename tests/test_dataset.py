@@ -3,15 +3,9 @@
 import pytest
 import torch
 
-from shared.data import fetch
 from shared.dataset import GPTDatasetV1, create_dataloader_v1
 from shared.tokenizers import END_OF_TEXT, gpt2_tokenizer
 from tests.notebook_code import notebook_definitions
-
-
-@pytest.fixture(scope="module")
-def verdict() -> str:
-    return fetch("the-verdict").read_text(encoding="utf-8")
 
 
 def test_windows_are_shifted_by_one(verdict):

@@ -26,7 +26,9 @@ from shared.distributed import get_world_size, is_main_process, setup_distribute
 from shared.pretraining import calc_loss_batch, read_checkpoint_extra
 from shared.speed import TrainingOptions, train_model, train_step
 from shared.tokenizers import gpt2_tokenizer
-from tests.test_pretraining import TINY, one_thread, tiny_model  # noqa: F401  (autouse)
+from tests.conftest import TINY, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = REPO / "ch05" / "train.py"

@@ -11,14 +11,14 @@ from shared.fast_attention import FusedMultiHeadAttention, KVCacheMultiHeadAtten
 from shared.fused_kernels import FusedGELU, FusedLayerNorm, use_fused_kernels
 from shared.gpt import GELU, GPTModel, LayerNorm
 from shared.kv_cache import KVCacheGPTModel
+from tests.conftest import TINY
 
-TINY = {
+CONFIG = {
+    **TINY,
     "vocab_size": 97,
     "context_length": 24,
     "emb_dim": 48,
     "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.0,
     "qkv_bias": True,
 }
 
@@ -40,9 +40,9 @@ def twin_models(**overrides) -> tuple[GPTModel, GPTModel]:
 def path_model(name: str, **overrides) -> GPTModel:
     """The model of PATHS[name], holding the weights of GPTModel built with seed 1, in eval mode."""
     torch.manual_seed(1)
-    weights = GPTModel({**TINY, **overrides}).state_dict()
+    weights = GPTModel({**CONFIG, **overrides}).state_dict()
     cls, fused = PATHS[name]
-    model = cls({**TINY, **overrides}).eval()
+    model = cls({**CONFIG, **overrides}).eval()
     if fused:
         use_fused_kernels(model)
     model.load_state_dict(weights)  # same keys, so this is strict
@@ -70,7 +70,7 @@ def test_fused_attention_equals_plain(batch_size, qkv_bias):
 def test_every_path_has_the_plain_state_dict_and_outputs(name):
     plain, other = path_model("plain"), path_model(name)
     assert list(other.state_dict()) == list(plain.state_dict())
-    ids = torch.randint(0, TINY["vocab_size"], (3, TINY["context_length"]))
+    ids = torch.randint(0, CONFIG["vocab_size"], (3, CONFIG["context_length"]))
     if name.endswith("fused"):
         torch.testing.assert_close(other(ids), plain(ids), atol=1e-5, rtol=0)
     else:  # the same operations in the same order
@@ -94,10 +94,10 @@ def test_each_path_has_its_classes():
 def test_fast_paths_start_from_the_same_random_weights():
     """Built with the same seed, every path holds GPTModel's initial weights (no re-initialising)."""
     torch.manual_seed(3)
-    expected = GPTModel(TINY).state_dict()
+    expected = GPTModel(CONFIG).state_dict()
     for cls, fused in PATHS.values():
         torch.manual_seed(3)
-        model = cls(TINY)
+        model = cls(CONFIG)
         if fused:
             use_fused_kernels(model)
         for key, value in model.state_dict().items():
@@ -107,7 +107,7 @@ def test_fast_paths_start_from_the_same_random_weights():
 def test_use_fused_kernels_keeps_parameters_and_leaves_subclasses_alone():
     from shared.attention_variants import GroupedQueryAttention
 
-    model = GPTModel(TINY)
+    model = GPTModel(CONFIG)
     model.trf_blocks[1].att = GroupedQueryAttention(48, 48, 24, 0.0, 4, num_kv_groups=2)
     before = list(model.parameters())
     use_fused_kernels(model)
@@ -122,7 +122,7 @@ def test_swap_class_needs_a_subclass():
 
 def test_fused_gradients_equal_plain():
     plain, fused = twin_models()
-    ids = torch.randint(0, TINY["vocab_size"], (2, 10))
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, 10))
     for model in (plain, fused):
         model(ids).logsumexp(-1).mean().backward()
     for (name, p), q in zip(plain.named_parameters(), fused.parameters(), strict=True):
@@ -132,7 +132,7 @@ def test_fused_gradients_equal_plain():
 @pytest.mark.parametrize("fused", [False, True])
 def test_cached_forward_equals_full_forward(fused):
     model = cached_models()[int(fused)]
-    ids = torch.randint(0, TINY["vocab_size"], (2, 20))
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, 20))
     full = model(ids)
     model.reset_kv_cache()
     pieces = [model(ids[:, a:b], use_cache=True) for a, b in [(0, 7), (7, 8), (8, 13), (13, 20)]]
@@ -150,7 +150,7 @@ def test_cache_beyond_context_is_a_clear_error():
 
 def test_reset_empties_the_cache():
     model = cached_models()[1]
-    ids = torch.randint(0, TINY["vocab_size"], (1, 6))
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, 6))
     first = model(ids, use_cache=True)
     model.reset_kv_cache()
     torch.testing.assert_close(model(ids, use_cache=True), first)
@@ -158,7 +158,7 @@ def test_reset_empties_the_cache():
 
 def test_stacked_qkv_weights_live_as_long_as_the_cache():
     plain, fused = path_model("plain"), cached_models()[1]
-    ids = torch.randint(0, TINY["vocab_size"], (1, 5))
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, 5))
     att = fused.trf_blocks[0].att
     stacked = torch.cat([att.W_query.weight, att.W_key.weight, att.W_value.weight])
     with torch.no_grad():
@@ -175,7 +175,7 @@ def test_stacked_qkv_weights_live_as_long_as_the_cache():
         fused(ids[:, :4], use_cache=True)
         last = fused(ids[:, 4:], use_cache=True)
     torch.testing.assert_close(
-        att.stacked_qkv[0][TINY["emb_dim"] : 2 * TINY["emb_dim"]], att.W_key.weight
+        att.stacked_qkv[0][CONFIG["emb_dim"] : 2 * CONFIG["emb_dim"]], att.W_key.weight
     )
     torch.testing.assert_close(last[:, -1], plain(ids)[:, -1], atol=1e-5, rtol=0)
     # With autograd on, nothing is kept: the stacked weights are part of the graph.
@@ -189,9 +189,9 @@ def test_cached_generation_under_inference_mode():
 
     with torch.inference_mode():
         torch.manual_seed(0)
-        model = use_fused_kernels(KVCacheGPTModel(TINY)).eval()
-        prompt = torch.randint(0, TINY["vocab_size"], (1, 4))
-        args = dict(max_new_tokens=6, context_size=TINY["context_length"])
+        model = use_fused_kernels(KVCacheGPTModel(CONFIG)).eval()
+        prompt = torch.randint(0, CONFIG["vocab_size"], (1, 4))
+        args = dict(max_new_tokens=6, context_size=CONFIG["context_length"])
         cached = generate(model, prompt, **args, use_cache=True)
         assert torch.equal(cached, generate(model, prompt, **args))
 
@@ -216,8 +216,8 @@ def test_cached_generation_equals_uncached(fused, max_new_tokens):
 
     uncached_model = path_model("fused" if fused else "plain")
     model = path_model("kv cache, fused" if fused else "kv cache")
-    prompt = torch.randint(0, TINY["vocab_size"], (2, 6))
-    args = dict(max_new_tokens=max_new_tokens, context_size=TINY["context_length"])
+    prompt = torch.randint(0, CONFIG["vocab_size"], (2, 6))
+    args = dict(max_new_tokens=max_new_tokens, context_size=CONFIG["context_length"])
     plain = generate(uncached_model, prompt, **args)
     cached = generate(model, prompt, **args, use_cache=True)
     assert plain.shape == (2, 6 + max_new_tokens)
@@ -261,27 +261,27 @@ def kv_notebook():
 def test_notebook_step_by_step_cache_gives_the_uncached_tokens(kv_notebook, preallocated):
     from shared.gpt import generate_text_simple
 
-    cfg = {**TINY, "qkv_bias": False}
+    cfg = {**CONFIG, "qkv_bias": False}
     torch.manual_seed(3)
     plain = GPTModel(cfg).eval()
     cached = kv_notebook["CachingGPTModel"](cfg).eval()
     cached.load_state_dict(plain.state_dict())  # strict: GPTModel's names and shapes
     if preallocated:
-        layer_kv = functools.partial(kv_notebook["PreallocatedLayerKV"], TINY["context_length"])
+        layer_kv = functools.partial(kv_notebook["PreallocatedLayerKV"], CONFIG["context_length"])
     else:
         layer_kv = kv_notebook["LayerKV"]
     generate_cached = kv_notebook["generate_cached"]
-    prompt = torch.randint(0, TINY["vocab_size"], (2, 5))
-    new = TINY["context_length"] - 5  # up to the end of the context
-    expected = generate_text_simple(plain, prompt, new, TINY["context_length"])
+    prompt = torch.randint(0, CONFIG["vocab_size"], (2, 5))
+    new = CONFIG["context_length"] - 5  # up to the end of the context
+    expected = generate_text_simple(plain, prompt, new, CONFIG["context_length"])
     ids, cache = generate_cached(cached, prompt, new, layer_kv)
     assert torch.equal(ids, expected)
-    assert cache.length == TINY["context_length"] - 1  # the last token is never fed
+    assert cache.length == CONFIG["context_length"] - 1  # the last token is never fed
     # A second text gets a cache of its own.
-    other = torch.randint(0, TINY["vocab_size"], (1, 3))
+    other = torch.randint(0, CONFIG["vocab_size"], (1, 3))
     other_ids, other_cache = generate_cached(cached, other, 4, layer_kv)
-    assert torch.equal(other_ids, generate_text_simple(plain, other, 4, TINY["context_length"]))
-    assert other_cache.length == 3 + 4 - 1 and cache.length == TINY["context_length"] - 1
+    assert torch.equal(other_ids, generate_text_simple(plain, other, 4, CONFIG["context_length"]))
+    assert other_cache.length == 3 + 4 - 1 and cache.length == CONFIG["context_length"] - 1
 
 
 def test_notebook_preallocated_cache_refuses_to_overflow(kv_notebook):
@@ -303,11 +303,11 @@ def test_notebook_cached_attention_refuses_to_pass_the_context(kv_notebook):
 
 
 def test_notebook_memory_formula_matches_the_cache_tensors(kv_notebook):
-    model = kv_notebook["CachingGPTModel"](TINY).eval()
+    model = kv_notebook["CachingGPTModel"](CONFIG).eval()
     _, cache = kv_notebook["generate_cached"](model, torch.zeros(3, 4, dtype=torch.long), 6)
     assert not any("cache" in name for name in model.state_dict())  # weights only
     held = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    assert held == kv_notebook["kv_cache_bytes"](TINY, num_tokens=9, batch_size=3)
+    assert held == kv_notebook["kv_cache_bytes"](CONFIG, num_tokens=9, batch_size=3)
     # GPT-2 124M at its full context: 2 x 768 x 4 bytes x 12 layers x 1,024 tokens = 72 MiB.
     assert kv_notebook["kv_cache_bytes"]({"emb_dim": 768, "n_layers": 12}, 1024) == 72 * 1024**2
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 import shared.figures
 from shared.figures import figure_function, render_png, render_svg, source_digest
-from tests.test_repo import NOTEBOOKS, REPO, ids
+from tests.notebook_code import NOTEBOOKS, REPO, ids
 
 
 def committed_figures(notebook) -> list[dict]:

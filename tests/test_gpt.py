@@ -17,27 +17,20 @@ from shared.gpt import (
     TransformerBlock,
     generate_text_simple,
 )
+from tests.conftest import TINY
 from tests.notebook_code import notebook_definitions
 
-TINY = {
-    "vocab_size": 97,
-    "context_length": 12,
-    "emb_dim": 16,
-    "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": False,
-}
+CONFIG = {**TINY, "vocab_size": 97, "context_length": 12, "emb_dim": 16, "n_heads": 4}
 
 
 def tiny_model(seed: int = 0, **overrides) -> GPTModel:
     torch.manual_seed(seed)
-    return GPTModel({**TINY, **overrides}).eval()
+    return GPTModel({**CONFIG, **overrides}).eval()
 
 
-def random_ids(seed: int, b: int = 2, n: int = TINY["context_length"]) -> torch.Tensor:
+def random_ids(seed: int, b: int = 2, n: int = CONFIG["context_length"]) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, TINY["vocab_size"], (b, n), generator=g)
+    return torch.randint(0, CONFIG["vocab_size"], (b, n), generator=g)
 
 
 def test_layer_norm_equals_torch_layer_norm():
@@ -69,10 +62,10 @@ def test_gelu_equals_torch_gelu_tanh(dtype):
 
 def test_feed_forward_equals_functional_reference():
     torch.manual_seed(1)
-    ff = FeedForward(TINY)
+    ff = FeedForward(CONFIG)
     first, last = ff.layers[0], ff.layers[2]
-    assert first.weight.shape == (4 * TINY["emb_dim"], TINY["emb_dim"])
-    x = torch.randn(2, 3, TINY["emb_dim"])
+    assert first.weight.shape == (4 * CONFIG["emb_dim"], CONFIG["emb_dim"])
+    x = torch.randn(2, 3, CONFIG["emb_dim"])
     hidden = F.gelu(F.linear(x, first.weight, first.bias), approximate="tanh")
     torch.testing.assert_close(ff(x), F.linear(hidden, last.weight, last.bias))
 
@@ -101,17 +94,17 @@ def reference_forward(model: GPTModel, cfg: dict, idx: torch.Tensor) -> torch.Te
 
 @pytest.mark.parametrize("qkv_bias", [False, True])
 def test_gpt_model_equals_functional_reference(qkv_bias):
-    cfg = {**TINY, "qkv_bias": qkv_bias}
+    cfg = {**CONFIG, "qkv_bias": qkv_bias}
     model = tiny_model(2, qkv_bias=qkv_bias).double()
     with torch.no_grad():  # layer norms start at scale 1, shift 0: make them matter
         for module in model.modules():
             if isinstance(module, LayerNorm):
                 module.scale.normal_()
                 module.shift.normal_()
-        for n in (TINY["context_length"], 5, 1):
+        for n in (CONFIG["context_length"], 5, 1):
             idx = random_ids(3, n=n)
             logits = model(idx)
-            assert logits.shape == (2, n, TINY["vocab_size"])
+            assert logits.shape == (2, n, CONFIG["vocab_size"])
             torch.testing.assert_close(logits, reference_forward(model, cfg, idx))
 
 
@@ -120,9 +113,9 @@ def test_changing_later_tokens_never_changes_earlier_logits():
     idx = random_ids(5)
     with torch.no_grad():
         logits = model(idx)
-        for t in range(TINY["context_length"]):
+        for t in range(CONFIG["context_length"]):
             changed = idx.clone()
-            changed[:, t:] = (changed[:, t:] + 1 + t) % TINY["vocab_size"]
+            changed[:, t:] = (changed[:, t:] + 1 + t) % CONFIG["vocab_size"]
             changed_logits = model(changed)
             assert torch.equal(changed_logits[:, :t], logits[:, :t]), f"logits before {t} changed"
             assert not torch.allclose(changed_logits[:, t], logits[:, t])
@@ -130,10 +123,10 @@ def test_changing_later_tokens_never_changes_earlier_logits():
 
 def test_transformer_block_keeps_shape_and_names_its_parts():
     torch.manual_seed(6)
-    block = TransformerBlock(TINY)
+    block = TransformerBlock(CONFIG)
     for name in ("att", "ff", "norm1", "norm2", "drop_shortcut"):
         assert hasattr(block, name)
-    x = torch.randn(2, 7, TINY["emb_dim"])
+    x = torch.randn(2, 7, CONFIG["emb_dim"])
     assert block(x).shape == x.shape
 
 
@@ -164,7 +157,7 @@ def test_separate_dropout_rates_come_from_the_config():
     # Only attention dropout: the embeddings and shortcuts pass through unchanged in training.
     model = tiny_model(drop_rate=0.0, drop_rate_attn=0.5).train()
     block = model.trf_blocks[0]
-    x = torch.randn(2, 5, TINY["emb_dim"])
+    x = torch.randn(2, 5, CONFIG["emb_dim"])
     assert torch.equal(block.drop_shortcut(x), x) and torch.equal(model.drop_emb(x), x)
     idx = random_ids(20)
     assert not torch.equal(model(idx), model(idx))
@@ -203,9 +196,9 @@ def test_gpt2_model_configs_have_the_published_sizes(name):
 
 def test_too_long_input_is_rejected_naming_both_lengths():
     model = tiny_model(9)
-    n = TINY["context_length"] + 3
+    n = CONFIG["context_length"] + 3
     with pytest.raises(
-        ValueError, match=rf"{n} tokens.*context_length is {TINY['context_length']}"
+        ValueError, match=rf"{n} tokens.*context_length is {CONFIG['context_length']}"
     ):
         model(random_ids(10, n=n))
 
@@ -213,18 +206,18 @@ def test_too_long_input_is_rejected_naming_both_lengths():
 def test_generate_text_simple_is_greedy():
     model = tiny_model(11)
     idx = random_ids(12, n=3)
-    out = generate_text_simple(model, idx, max_new_tokens=4, context_size=TINY["context_length"])
+    out = generate_text_simple(model, idx, max_new_tokens=4, context_size=CONFIG["context_length"])
     assert out.shape == (2, 7)
     assert torch.equal(out[:, :3], idx)
     with torch.no_grad():
         for t in range(3, 7):  # every new token is the argmax after the tokens before it
             assert torch.equal(out[:, t], model(out[:, :t])[:, -1].argmax(dim=-1))
-    assert torch.equal(generate_text_simple(model, idx, 0, TINY["context_length"]), idx)
+    assert torch.equal(generate_text_simple(model, idx, 0, CONFIG["context_length"]), idx)
 
 
 def test_generate_text_simple_crops_a_long_prompt_to_the_context():
     model = tiny_model(13)
-    context = TINY["context_length"]
+    context = CONFIG["context_length"]
     prompt = random_ids(14, b=1, n=context + 8)
     out = generate_text_simple(model, prompt, max_new_tokens=5, context_size=context)
     assert out.shape == (1, context + 13)
@@ -249,10 +242,10 @@ def test_notebook_config_matches_shared(notebook):
 @pytest.mark.parametrize(
     "name,make_args,input_shape",
     [
-        ("LayerNorm", lambda: (TINY["emb_dim"],), (2, 5, TINY["emb_dim"])),
+        ("LayerNorm", lambda: (CONFIG["emb_dim"],), (2, 5, CONFIG["emb_dim"])),
         ("GELU", lambda: (), (3, 40)),
-        ("FeedForward", lambda: (TINY,), (2, 5, TINY["emb_dim"])),
-        ("TransformerBlock", lambda: ({**TINY, "qkv_bias": True},), (2, 5, TINY["emb_dim"])),
+        ("FeedForward", lambda: (CONFIG,), (2, 5, CONFIG["emb_dim"])),
+        ("TransformerBlock", lambda: ({**CONFIG, "qkv_bias": True},), (2, 5, CONFIG["emb_dim"])),
     ],
 )
 def test_notebook_layers_match_shared(notebook, name, make_args, input_shape):
@@ -271,7 +264,7 @@ def test_notebook_layers_match_shared(notebook, name, make_args, input_shape):
 def test_notebook_gpt_model_matches_shared(notebook, drop_rate):
     taught = notebook["GPTModel"]
     assert taught is not GPTModel
-    cfg = {**TINY, "drop_rate": drop_rate}
+    cfg = {**CONFIG, "drop_rate": drop_rate}
     torch.manual_seed(123)
     ours = taught(cfg)
     torch.manual_seed(123)
@@ -283,15 +276,15 @@ def test_notebook_gpt_model_matches_shared(notebook, drop_rate):
     torch.manual_seed(16)
     assert torch.equal(a, theirs(idx))
     with pytest.raises(ValueError, match="context_length"):
-        ours(random_ids(17, n=TINY["context_length"] + 1))
+        ours(random_ids(17, n=CONFIG["context_length"] + 1))
 
 
 def test_notebook_generate_text_simple_matches_shared(notebook):
     taught = notebook["generate_text_simple"]
     assert taught is not generate_text_simple
     model = tiny_model(18)
-    prompt = random_ids(19, n=TINY["context_length"] + 2)
-    context = TINY["context_length"]
+    prompt = random_ids(19, n=CONFIG["context_length"] + 2)
+    context = CONFIG["context_length"]
     assert torch.equal(
         taught(model, prompt, 6, context), generate_text_simple(model, prompt, 6, context)
     )

@@ -24,8 +24,7 @@ from shared.gpt2_weights import (
     gpt2_weights_file,
     load_pretrained_gpt2,
 )
-from tests.test_data import dirs, leftovers, server  # noqa: F401  (fixtures)
-from tests.test_gpt2_weights import TINY, hf_logits, reference  # noqa: F401  (fixture)
+from tests.conftest import REFERENCE_CONFIG, hf_logits, leftovers
 
 HUB_PATH = "/openai-community/gpt2/resolve/main/model.safetensors"
 FILE_PATH = "/cas-bridge/gpt2/model.safetensors"  # where the hub's redirect leads
@@ -33,8 +32,8 @@ CACHED = "gpt2-124M/model.safetensors"
 
 
 @pytest.fixture
-def hub(server, dirs, reference, monkeypatch):  # noqa: F811
-    """The local hub, serving the reference's model.safetensors as GPT-2 124M (a TINY config).
+def hub(server, dirs, reference, monkeypatch):
+    """The local hub, serving the reference's model.safetensors as GPT-2 124M (REFERENCE_CONFIG).
 
     Returns (server, cache directory, the file's bytes, the reference model).
     """
@@ -43,7 +42,7 @@ def hub(server, dirs, reference, monkeypatch):  # noqa: F811
     server.redirects[HUB_PATH] = server.serve(FILE_PATH, content)
     monkeypatch.setenv(HF_ENDPOINT_ENV, server.base)
     monkeypatch.delenv(STANDIN_ENV, raising=False)  # the test suite's switch, unset
-    monkeypatch.setitem(GPT2_MODEL_CONFIGS, "124M", TINY)
+    monkeypatch.setitem(GPT2_MODEL_CONFIGS, "124M", REFERENCE_CONFIG)
     cache, _ = dirs
     return server, cache, content, hf_model
 
@@ -51,7 +50,9 @@ def hub(server, dirs, reference, monkeypatch):  # noqa: F811
 def assert_reproduces(pretrained, hf_model) -> None:
     """The loaded GPTModel's logits equal the reference's on a few token sequences."""
     assert not pretrained.is_standin and pretrained.description == "OpenAI GPT-2 124M (gpt2)"
-    ids = torch.randint(0, TINY["vocab_size"], (3, 20), generator=torch.Generator().manual_seed(2))
+    ids = torch.randint(
+        0, REFERENCE_CONFIG["vocab_size"], (3, 20), generator=torch.Generator().manual_seed(2)
+    )
     with torch.no_grad():
         logits = pretrained.model(ids)
     torch.testing.assert_close(logits, hf_logits(hf_model, ids), atol=1e-4, rtol=0)

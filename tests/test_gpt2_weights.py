@@ -6,7 +6,7 @@ import urllib.error
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import shared.data
 from shared import gpt2_weights
@@ -24,60 +24,7 @@ from shared.gpt2_weights import (
     load_weights_into_gpt,
     standin_gpt,
 )
-
-transformers = pytest.importorskip("transformers")
-
-TINY = {
-    "vocab_size": 1000,
-    "context_length": 64,
-    "emb_dim": 64,
-    "n_heads": 4,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """A small random GPT2LMHeadModel and its two safetensors files (transformers, official)."""
-    config = transformers.GPT2Config(
-        vocab_size=TINY["vocab_size"],
-        n_positions=TINY["context_length"],
-        n_embd=TINY["emb_dim"],
-        n_layer=TINY["n_layers"],
-        n_head=TINY["n_heads"],
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=TINY["vocab_size"] - 1,
-        eos_token_id=TINY["vocab_size"] - 1,
-    )
-    torch.manual_seed(0)
-    hf_model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():  # random biases and norms too, so every tensor's placement is tested
-        for param in hf_model.parameters():
-            param.normal_(0.0, 0.2)
-    folder = tmp_path_factory.mktemp("hf")
-    hf_model.save_pretrained(folder, safe_serialization=True)
-    hf_file = folder / "model.safetensors"
-    official = {
-        key.removeprefix("transformer."): tensor.contiguous()
-        for key, tensor in load_file(hf_file).items()
-        if key != "lm_head.weight"
-    }
-    # Older official files also hold the causal-mask buffers; they must be ignored.
-    n = TINY["context_length"]
-    official["h.0.attn.bias"] = torch.tril(torch.ones(n, n)).view(1, 1, n, n)
-    official["h.0.attn.masked_bias"] = torch.tensor(-1e4)
-    official_file = folder / "official.safetensors"
-    save_file(official, official_file)
-    return hf_model, hf_file, official_file
-
-
-def hf_logits(hf_model, ids):
-    with torch.no_grad():
-        return hf_model(ids).logits
+from tests.conftest import REFERENCE_CONFIG, hf_logits
 
 
 @pytest.mark.parametrize("layout", ["transformers", "official"])
@@ -88,9 +35,11 @@ def test_loaded_model_reproduces_transformers_logits(reference, layout):
         assert any(key.startswith("transformer.") for key in params)
     else:
         assert "wte.weight" in params and "h.0.attn.bias" in params
-    gpt = GPTModel(TINY).eval()
+    gpt = GPTModel(REFERENCE_CONFIG).eval()
     load_weights_into_gpt(gpt, params)
-    ids = torch.randint(0, TINY["vocab_size"], (2, 40), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(
+        0, REFERENCE_CONFIG["vocab_size"], (2, 40), generator=torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
         ours = gpt(ids)
     torch.testing.assert_close(ours, hf_logits(hf_model, ids), atol=1e-4, rtol=0)
@@ -103,7 +52,7 @@ def test_gpt2_layout_tensors_are_transformers_own_layout(reference):
     """Written from a GPTModel, the tensors are exactly those transformers saved: names, shapes,
     values (every tensor of the reference is random, so a misplaced one would differ)."""
     hf_model, _, official_file = reference
-    gpt = GPTModel(TINY).eval()
+    gpt = GPTModel(REFERENCE_CONFIG).eval()
     load_weights_into_gpt(gpt, load_file(official_file))
     written = gpt2_weights.gpt2_layout_tensors(gpt)
     expected = {
@@ -115,14 +64,14 @@ def test_gpt2_layout_tensors_are_transformers_own_layout(reference):
     for name, tensor in expected.items():
         assert torch.equal(written[name], tensor), name
     with pytest.raises(ValueError, match="qkv_bias=True"):
-        gpt2_weights.gpt2_layout_tensors(GPTModel({**TINY, "qkv_bias": False}))
+        gpt2_weights.gpt2_layout_tensors(GPTModel({**REFERENCE_CONFIG, "qkv_bias": False}))
 
 
 def test_lm_head_weight_is_used_when_present(reference):
     _, _, official_file = reference
     params = load_file(official_file)
     params["lm_head.weight"] = torch.randn_like(params["wte.weight"])
-    gpt = GPTModel(TINY)
+    gpt = GPTModel(REFERENCE_CONFIG)
     load_weights_into_gpt(gpt, params)
     assert torch.equal(gpt.out_head.weight, params["lm_head.weight"])
 
@@ -132,8 +81,8 @@ def test_shape_mismatch_names_tensor_and_both_shapes(reference):
     params = load_file(hf_file)
     params["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(64, 100)
     with pytest.raises(ValueError, match=r"h\.1\.mlp\.c_fc\.weight.*\(64, 100\).*\(64, 256\)"):
-        load_weights_into_gpt(GPTModel(TINY), params)
-    wrong_context = {**TINY, "context_length": 32}
+        load_weights_into_gpt(GPTModel(REFERENCE_CONFIG), params)
+    wrong_context = {**REFERENCE_CONFIG, "context_length": 32}
     with pytest.raises(ValueError, match=r"wpe\.weight.*\(64, 64\).*\(32, 64\)"):
         load_weights_into_gpt(GPTModel(wrong_context), load_file(hf_file))
 
@@ -143,8 +92,8 @@ def test_missing_and_unexpected_tensors_are_named(reference):
     params = load_file(official_file)
     del params["h.1.ln_2.bias"]
     with pytest.raises(ValueError, match=r"1 missing \(h\.1\.ln_2\.bias\)$"):
-        load_weights_into_gpt(GPTModel(TINY), params)
-    one_layer = {**TINY, "n_layers": 1}
+        load_weights_into_gpt(GPTModel(REFERENCE_CONFIG), params)
+    one_layer = {**REFERENCE_CONFIG, "n_layers": 1}
     with pytest.raises(ValueError, match=r"12 unexpected \(h\.1\..*h\.1\.ln_1\.weight"):
         load_weights_into_gpt(GPTModel(one_layer), load_file(official_file))
 
@@ -152,7 +101,7 @@ def test_missing_and_unexpected_tensors_are_named(reference):
 def test_model_without_qkv_bias_is_refused(reference):
     _, hf_file, _ = reference
     with pytest.raises(ValueError, match="qkv_bias=True"):
-        load_weights_into_gpt(GPTModel({**TINY, "qkv_bias": False}), load_file(hf_file))
+        load_weights_into_gpt(GPTModel({**REFERENCE_CONFIG, "qkv_bias": False}), load_file(hf_file))
 
 
 def test_check_safetensors_detects_truncation_and_garbage(reference, tmp_path):
@@ -241,10 +190,10 @@ def test_weights_in_the_mirror_are_loaded(offline, reference, monkeypatch, capsy
     target = offline / "mirror" / "gpt2-124M" / "model.safetensors"
     target.parent.mkdir()
     target.write_bytes(hf_file.read_bytes())
-    monkeypatch.setitem(GPT2_MODEL_CONFIGS, "124M", TINY)
+    monkeypatch.setitem(GPT2_MODEL_CONFIGS, "124M", REFERENCE_CONFIG)
     pretrained = load_pretrained_gpt2("124M")
     assert capsys.readouterr().out == ""
-    assert not pretrained.is_standin and pretrained.config == TINY
+    assert not pretrained.is_standin and pretrained.config == REFERENCE_CONFIG
     assert not pretrained.model.training
     assert "GPT-2 124M" in pretrained.description
     ids = torch.arange(30).unsqueeze(0)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +18,6 @@ from shared.instruction import (
     generate_response,
     judge_prompt,
     ollama_is_running,
-    ollama_url,
     parse_score,
     query_model,
     split_instruction_data,
@@ -31,7 +26,7 @@ from shared.instruction import (
 )
 from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import generate
-from shared.tokenizers import gpt2_tokenizer
+from tests.conftest import TINY, FakeOllama
 from tests.notebook_code import notebook_definitions
 
 WITH_INPUT = {
@@ -49,20 +44,7 @@ PREAMBLE = (
     "Write a response that appropriately completes the request."
 )
 
-TINY_CONFIG = {
-    "vocab_size": 50257,
-    "context_length": 32,
-    "emb_dim": 16,
-    "n_heads": 2,
-    "n_layers": 1,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
+CONFIG = {**TINY, "context_length": 32, "emb_dim": 16, "n_layers": 1, "qkv_bias": True}
 
 
 # --- prompt formats -------------------------------------------------------------------------
@@ -265,7 +247,7 @@ def test_generate_response_truncates_a_long_prompt_from_the_left(tokenizer):
 
 def test_generate_response_with_a_real_gpt(tokenizer):
     torch.manual_seed(0)
-    model = GPTModel(TINY_CONFIG)
+    model = GPTModel(CONFIG)
     with pytest.warns(UserWarning):
         response = generate_response(model, tokenizer, WITH_INPUT, "cpu", max_new_tokens=4)
     assert isinstance(response, str)
@@ -277,7 +259,7 @@ def test_generate_response_with_a_real_gpt(tokenizer):
 
 def test_generate_response_uses_the_kv_cache_and_gives_the_uncached_tokens(tokenizer):
     torch.manual_seed(0)
-    config = {**TINY_CONFIG, "context_length": 64}
+    config = {**CONFIG, "context_length": 64}
     plain = GPTModel(config).eval()
     cached = KVCacheGPTModel(config).eval()
     cached.load_state_dict(plain.state_dict())
@@ -318,72 +300,7 @@ def test_token_f1():
 
 
 # --- the judge's client, against a small local server that speaks Ollama's protocol ---------
-
-
-class FakeOllama:
-    """A local HTTP server speaking Ollama's streaming /api/chat protocol.
-
-    reply(prompt) gives the assistant's answer, sent in chunks of a few characters as
-    newline-delimited JSON, then a final chunk with "done": true. Requests are recorded.
-    Only the models in ``models`` exist; others get HTTP 404 with an error, as Ollama does.
-    """
-
-    def __init__(self, reply, models=("llama3",)):
-        self.reply = reply
-        self.models = set(models)
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                body = b"Ollama is running"
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_POST(self):
-                length = int(self.headers["Content-Length"])
-                request = json.loads(self.rfile.read(length))
-                fake.requests.append(request)
-                if self.path != "/api/chat" or request["model"] not in fake.models:
-                    body = json.dumps({"error": f"model '{request['model']}' not found"}).encode()
-                    self.send_response(404)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                    return
-                text = fake.reply(request["messages"][-1]["content"])
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-ndjson")
-                self.end_headers()
-                for start in range(0, len(text), 3):
-                    chunk = {
-                        "model": request["model"],
-                        "message": {"role": "assistant", "content": text[start : start + 3]},
-                        "done": False,
-                    }
-                    self.wfile.write(json.dumps(chunk).encode() + b"\n")
-                    self.wfile.flush()
-                final = {"model": request["model"], "message": {"role": "assistant", "content": ""}}
-                self.wfile.write(json.dumps({**final, "done": True}).encode() + b"\n")
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = ollama_url("127.0.0.1", self.port)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
+# (FakeOllama, tests/conftest.py)
 
 
 def test_query_model_reassembles_the_streamed_reply():

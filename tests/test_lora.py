@@ -9,17 +9,10 @@ from torch import nn
 from shared.classification import convert_to_classifier
 from shared.gpt import GPTModel
 from shared.lora import LoRALinear, add_lora, count_parameters, merge_lora
+from tests.conftest import TINY
 from tests.notebook_code import notebook_definitions
 
-TINY_CONFIG = {
-    "vocab_size": 50,
-    "context_length": 8,
-    "emb_dim": 16,
-    "n_heads": 2,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
+CONFIG = {**TINY, "vocab_size": 50, "context_length": 8, "emb_dim": 16, "qkv_bias": True}
 
 
 def trained_like(layer: LoRALinear) -> LoRALinear:
@@ -52,7 +45,7 @@ def test_lora_linear_shapes_zero_start_and_scaled_update():
 
 def test_add_lora_keeps_outputs_and_trains_only_the_adapters():
     torch.manual_seed(0)
-    model = GPTModel(TINY_CONFIG)
+    model = GPTModel(CONFIG)
     x = torch.randint(0, 50, (2, 8))
     before = model(x).detach()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -100,7 +93,7 @@ def test_merged_layer_computes_base_plus_update():
 
 def test_merging_a_lora_classifier_keeps_its_predictions():
     torch.manual_seed(0)
-    model = convert_to_classifier(GPTModel(TINY_CONFIG), num_classes=2, trainable_blocks="all")
+    model = convert_to_classifier(GPTModel(CONFIG), num_classes=2, trainable_blocks="all")
     keys = list(model.state_dict())
     add_lora(model, rank=4, alpha=8)
     for module in model.modules():
@@ -133,8 +126,8 @@ def test_lora_notebook_builds_what_shared_lora_holds():
     torch.testing.assert_close(theirs(x), ours(x))
 
     torch.manual_seed(0)
-    model_a = GPTModel(TINY_CONFIG)
-    model_b = GPTModel(TINY_CONFIG)
+    model_a = GPTModel(CONFIG)
+    model_b = GPTModel(CONFIG)
     model_b.load_state_dict(model_a.state_dict())
     torch.manual_seed(2)
     add_lora(model_a, rank=2, alpha=2)

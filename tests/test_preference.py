@@ -25,18 +25,10 @@ from shared.preference import (
     sequence_logprob,
     train_model_dpo,
 )
-from shared.tokenizers import gpt2_tokenizer
+from tests.conftest import TINY
 from tests.notebook_code import notebook_definitions
 
-TINY_CONFIG = {
-    "vocab_size": 50257,
-    "context_length": 64,
-    "emb_dim": 16,
-    "n_heads": 2,
-    "n_layers": 1,
-    "drop_rate": 0.0,
-    "qkv_bias": True,
-}
+CONFIG = {**TINY, "context_length": 64, "emb_dim": 16, "n_layers": 1, "qkv_bias": True}
 
 ENTRIES = [
     {
@@ -55,14 +47,9 @@ ENTRIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return gpt2_tokenizer()
-
-
 def tiny_gpt(seed: int = 0) -> GPTModel:
     torch.manual_seed(seed)
-    return GPTModel(TINY_CONFIG).eval()
+    return GPTModel(CONFIG).eval()
 
 
 # --- data -----------------------------------------------------------------------------------

@@ -31,36 +31,9 @@ from shared.pretraining import (
     train_model_simple,
 )
 from shared.tokenizers import gpt2_tokenizer
+from tests.conftest import TEXT, TINY, tiny_model
 
-TINY = {
-    "vocab_size": 50257,
-    "context_length": 16,
-    "emb_dim": 32,
-    "n_heads": 2,
-    "n_layers": 2,
-    "drop_rate": 0.0,
-    "qkv_bias": False,
-}
-
-TEXT = (
-    "I had always thought Jack Gisburn rather a cheap genius--though a good fellow enough--so "
-    "it was no great surprise to me to hear that, in the height of his glory, he had dropped "
-    "his painting, married a rich widow, and established himself in a villa on the Riviera. "
-) * 2
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on several competing for a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(seed: int = 123, **overrides) -> GPTModel:
-    torch.manual_seed(seed)
-    return GPTModel({**TINY, **overrides})
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FixedLogits(nn.Module):

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared import REPOSITORY
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.notebook_code import NOTEBOOKS, REPO, ids
 
 # The install cell every notebook has right below its title, with the course's address.
 COLAB_CELL = f"""\
@@ -60,18 +59,6 @@ LAYOUT = [
 ]
 MACHINE_PATHS = ("/work/", "/tmp/", "/root/", "/home/")
 BINARY_OUTPUTS = ("image/png", "image/jpeg", "image/gif")  # base64: no paths, only noise
-
-
-def notebooks() -> list[Path]:
-    """Every notebook in the repository, outside hidden folders (checkpoints, virtual envs)."""
-    found = []
-    for root, dirs, files in os.walk(REPO):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
-        found += [Path(root, f) for f in sorted(files) if f.endswith(".ipynb")]
-    return found
-
-
-NOTEBOOKS = notebooks()
 
 
 def test_layout():
@@ -154,10 +141,6 @@ def strings(value, key=""):
         for k, item in value.items():
             if k not in BINARY_OUTPUTS:
                 yield from strings(item, k)
-
-
-def ids(paths):
-    return [str(p.relative_to(REPO)) for p in paths]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=ids(NOTEBOOKS))

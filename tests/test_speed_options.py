@@ -24,7 +24,9 @@ from shared.speed import (
     unwrap_model,
 )
 from shared.tokenizers import gpt2_tokenizer
-from tests.test_pretraining import TEXT, TINY, one_thread, tiny_model  # noqa: F401  (autouse)
+from tests.conftest import TEXT, TINY, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 LOSS = calc_loss_batch  # the loss train_step is given: Chapter 5's next-token cross-entropy
 

@@ -26,11 +26,6 @@ from tests.notebook_code import notebook_definitions
 SAMPLE = '"It\'s the last he painted, you know," Mrs. Gisburn said with pardonable pride.'
 
 
-@pytest.fixture(scope="module")
-def verdict() -> str:
-    return fetch("the-verdict").read_text(encoding="utf-8")
-
-
 def test_split_text_keeps_punctuation_and_drops_whitespace():
     assert split_text("Hello, world. Is this-- a test?") == [
         "Hello",
