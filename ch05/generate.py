@@ -15,6 +15,7 @@ it); with --require-gpt2 it stops with an error instead.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
@@ -69,8 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.prompt:
         parser.error("--prompt must not be empty")
-    if args.checkpoint and (args.standin or args.require_gpt2):
-        parser.error("--checkpoint replaces GPT-2: leave out --standin and --require-gpt2")
+    given = sys.argv[1:] if argv is None else argv
+    gpt2_given = any(arg.split("=")[0] == "--gpt2" for arg in given)
+    if args.checkpoint and (gpt2_given or args.standin or args.require_gpt2):
+        parser.error("--checkpoint replaces GPT-2: leave out --gpt2, --standin and --require-gpt2")
     return args
 
 

@@ -108,9 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only tokenise --data into --token-file, then exit",
     )
     add_option(parser, "--size", "tiny")
-    parser.add_argument(
-        "--context-length", type=positive_int, default=256, help="tokens per window"
-    )
+    add_option(parser, "--context-length", 256)
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the model")
     add_training_options(parser, epochs=10, batch_size=2, lr=4e-4, weight_decay=0.1)
     parser.add_argument(

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(parser, "--data", default_text="the course's 1,100 entries")
     add_option(parser, "--max-entries", default_text="all")
-    add_training_options(parser, epochs=1, batch_size=8, lr=5e-6, weight_decay=0.01)
+    add_training_options(
+        parser, epochs=1, batch_size=8, lr=5e-6, weight_decay=0.01, lr_text="5e-6, the book's"
+    )
     parser.add_argument(
         "--beta",
         type=positive_float,

@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import conftest  # noqa: F401  the suite's environment: the stand-in switch, the allocator
 
-    with errors_as_one_line():  # a missing or unreadable notebook; a failing cell stays a traceback
+    # A missing or unreadable notebook, or a cell running past --timeout: one line; a failing cell
+    # stays a traceback.
+    with errors_as_one_line():
         for path in args.notebooks:
             if args.clean_only:
                 write_notebook(clean_notebook(read_json_file(path)), path)

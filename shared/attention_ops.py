@@ -60,17 +60,21 @@ def attend(
     values: torch.Tensor,
     hidden: torch.Tensor,
     dropout: nn.Module | None = None,
+    float32_softmax: bool = False,
 ) -> torch.Tensor:
     """Scaled dot-product attention as Chapter 3 computes it, with the heads merged at the end.
 
     queries (b, h, n, d_head); keys and values (b, h, m, d_head); hidden (n, m), True where a
-    query may not look; dropout on the attention weights (None: none). The softmax runs in
-    float32 for lower-precision inputs. Returns the context vectors (b, n, h * d_head).
+    query may not look; dropout on the attention weights (None: none). float32_softmax: take
+    the softmax in float32 and cast the weights back to the values' dtype (for bf16 models, as
+    Llama and Qwen do); False: in the scores' own dtype, as Chapter 3 does.
+    Returns the context vectors (b, n, h * d_head).
     """
     scores = queries @ keys.transpose(2, 3)  # (b, h, n, m)
     scores = scores.masked_fill(hidden, -torch.inf)
     d_head = queries.shape[-1]
-    weights = torch.softmax(scores / d_head**0.5, dim=-1, dtype=torch.float32).to(values.dtype)
+    softmax_dtype = torch.float32 if float32_softmax else None
+    weights = torch.softmax(scores / d_head**0.5, dim=-1, dtype=softmax_dtype).to(values.dtype)
     if dropout is not None:
         weights = dropout(weights)
     return merge_heads(weights @ values)

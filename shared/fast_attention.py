@@ -89,7 +89,13 @@ class KVCacheMultiHeadAttention(MultiHeadAttention):
     def from_attention(
         cls, att: MultiHeadAttention, fused: bool = False
     ) -> KVCacheMultiHeadAttention:
-        """att (a MultiHeadAttention, weights and all) made into this class in place, cache empty."""
+        """att (Chapter 3's MultiHeadAttention, weights and all) made into this class in place,
+        cache empty. Build the cache first, then shared.fused_kernels.use_fused_kernels."""
+        if type(att) is not MultiHeadAttention:
+            raise TypeError(
+                f"from_attention needs Chapter 3's MultiHeadAttention, got {type(att).__name__}; "
+                "add the KV cache first, then the fused kernels (use_fused_kernels)"
+            )
         att = swap_class(att, cls)
         att.fused = fused
         att.reset_cache()

@@ -53,6 +53,6 @@ def use_fused_kernels(model: nn.Module) -> nn.Module:
         if type(module) in FUSED_TWINS:
             swap_class(module, FUSED_TWINS[type(module)])
         elif type(module) is KVCacheMultiHeadAttention:
-            module.fused = True
-            module.reset_cache()
+            module.fused = True  # its cached keys and values stay valid: same weights
+            module.stacked_qkv = None
     return model

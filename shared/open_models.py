@@ -153,7 +153,7 @@ class GroupedQueryAttention(nn.Module):
         num_keys = keys.shape[2]
         # Query i sits at position start + i and may see keys 0 ... start + i.
         future = torch.ones(num_tokens, num_keys, dtype=torch.bool, device=x.device).triu(start + 1)
-        return self.out_proj(attend(queries, keys, values, future))
+        return self.out_proj(attend(queries, keys, values, future, float32_softmax=True))
 
 
 class OpenTransformerBlock(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import urllib.error
 from pathlib import Path
@@ -13,6 +14,8 @@ from safetensors.torch import save_file
 
 import shared.data
 from shared.data import fetch
+from shared.fast_attention import FusedMultiHeadAttention
+from shared.fused_kernels import FusedLayerNorm
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import STANDIN_ENV, STANDIN_NOTE
 from shared.pretraining import (
@@ -168,9 +171,10 @@ def test_generate_reports_bad_checkpoints(tmp_path):
     assert "holds no model config" in main_error(
         GENERATE, "--checkpoint", tmp_path / "no-config.pth"
     )
-    with pytest.raises(SystemExit) as exit_info:  # argparse: a checkpoint is not GPT-2
-        load_script(GENERATE).main(["--checkpoint", "x.pth", "--standin"])
-    assert exit_info.value.code == 2
+    for gpt2 in (["--standin"], ["--gpt2", "355M"], ["--gpt2=124M"]):
+        with pytest.raises(SystemExit) as exit_info:  # argparse: a checkpoint is not GPT-2
+            load_script(GENERATE).main(["--checkpoint", "x.pth", *gpt2])
+        assert exit_info.value.code == 2
 
 
 @pytest.fixture
@@ -271,7 +275,12 @@ def test_train_streams_a_prepared_token_file_with_speed_options(corpus, tmp_path
     steps = 2 * math.ceil(batches / 2)  # an optimizer step every 2 batches of 4 windows
     assert extra["global_step"] == steps and extra["tokens_seen"] == 2 * batches * 4 * 16
     assert extra["train_losses"][-1] < extra["train_losses"][0] - 1.0
-    assert "fused_kernels" not in extra["config"]  # the checkpoint loads into any GPTModel
+    # --fused-kernels trains the fused twins; the checkpoint's config is the plain model's.
+    options = argparse.Namespace(seed=1, lr=1e-3, weight_decay=0.1, fused_kernels=True)
+    model, _ = train.build_model_and_optimizer(extra["config"], options, "cpu")
+    assert type(model.trf_blocks[0].att) is FusedMultiHeadAttention
+    assert type(model.final_norm) is FusedLayerNorm
+    GPTModel(extra["config"]).load_state_dict(model.state_dict())  # loads into the plain model
     groups = torch.load(run_dir / "last.pth", weights_only=True)["optimizer_state_dict"]
     group = groups["param_groups"][0]
     assert group["initial_lr"] == 3e-3

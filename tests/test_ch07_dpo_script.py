@@ -36,7 +36,7 @@ def test_help_shows_each_default_once():
     assert result.returncode == 0
     assert "--checkpoint" in result.stdout and "--beta" in result.stdout
     help_text = " ".join(result.stdout.split())
-    assert "(default: 0.1)" in help_text and "(default: 5e-06)" in help_text
+    assert "(default: 0.1)" in help_text and "(default: 5e-6, the book's)" in help_text
     assert "None" not in help_text
     for option in help_text.split(" --")[1:]:
         assert option.count("default") <= 1, option

@@ -328,3 +328,16 @@ def test_attention_primitives_match_pytorch():
     assert torch.equal(repeat_kv(k[:, :2], 2), k[:, [0, 0, 1, 1]])
     with pytest.raises(ValueError, match="9 positions exceed the context_length of 8"):
         hidden_positions(causal_mask(8), 1, 9)
+
+
+def test_fused_kernels_mid_generation_keep_the_cache_and_the_cache_comes_first():
+    model = path_model("kv cache")
+    ids = torch.randint(0, CONFIG["vocab_size"], (1, 9))
+    expected = path_model("kv cache, fused")(ids)
+    model(ids[:, :6], use_cache=True)
+    use_fused_kernels(model)  # the keys and values cached so far stay valid
+    last = model(ids[:, 6:], use_cache=True)
+    torch.testing.assert_close(last, expected[:, 6:], atol=1e-5, rtol=0)
+    fused = use_fused_kernels(GPTModel(CONFIG)).trf_blocks[0].att
+    with pytest.raises(TypeError, match="add the KV cache first"):
+        KVCacheMultiHeadAttention.from_attention(fused)

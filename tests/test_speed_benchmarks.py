@@ -15,7 +15,16 @@ pytest.importorskip("transformers")
 def test_training_benchmark_prints_a_row_per_variant():
     result = run_script(
         SPEED / "benchmark_training.py",
-        *("--only", "course, plain", "--precision", "bf16", "--context", "8", "--batch-size", "1"),
+        *(
+            "--only",
+            "course, plain",
+            "--precision",
+            "bf16",
+            "--context-length",
+            "8",
+            "--batch-size",
+            "1",
+        ),
         *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
         *("--layers", "1", "--peak-seconds", "0.1"),
     )
@@ -35,7 +44,16 @@ def test_training_benchmark_prints_a_row_per_variant():
 def test_training_benchmark_compares_with_both_yardsticks():
     result = run_script(
         SPEED / "benchmark_training.py",
-        *("--only", "f.AdamW, tied", "--precision", "fp32", "--context", "4", "--batch-size", "1"),
+        *(
+            "--only",
+            "f.AdamW, tied",
+            "--precision",
+            "fp32",
+            "--context-length",
+            "4",
+            "--batch-size",
+            "1",
+        ),
         *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
         *("--layers", "1", "--peak-seconds", "0.1"),
     )
@@ -68,7 +86,7 @@ def test_training_benchmark_rounds_start_at_different_variants():
 def test_training_benchmark_profiles_one_step():
     result = run_script(
         SPEED / "benchmark_training.py",
-        *("--profile", "--only", "course, fused + f.AdamW, tied", "--context", "8"),
+        *("--profile", "--only", "course, fused + f.AdamW, tied", "--context-length", "8"),
         *("--batch-size", "1", "--warmup", "0", "--layers", "1"),
     )
     assert "course, fused + f.AdamW, tied: one training step" in result.stdout

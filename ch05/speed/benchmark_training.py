@@ -19,7 +19,7 @@ it), so a machine that slows down or speeds up during the run affects them all a
 
     python ch05/speed/benchmark_training.py                 # GPT-2 124M shape, context 256, batch 2
     python ch05/speed/benchmark_training.py --profile --only "course, fused + f.AdamW, tied"
-    python ch05/speed/benchmark_training.py --device cuda --context 1024 --batch-size 8
+    python ch05/speed/benchmark_training.py --device cuda --context-length 1024 --batch-size 8
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def training_step(variant: Variant, cfg: dict, args, device: torch.device):
         optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4, weight_decay=0.1)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(
-        0, cfg["vocab_size"], (args.batch_size, args.context + 1), generator=generator
+        0, cfg["vocab_size"], (args.batch_size, args.context_length + 1), generator=generator
     )
     inputs, targets = ids[:, :-1].to(device), ids[:, 1:].to(device)
     autocast = (
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(parser, "--size", "124M")
     add_option(parser, "--layers", default_text="the size's own")
-    parser.add_argument("--context", type=positive_int, default=256, help="tokens per sequence")
+    add_option(parser, "--context-length", 256)
     add_option(parser, "--batch-size", 2)
     parser.add_argument("--rounds", type=positive_int, default=2, help="interleaved rounds")
     parser.add_argument(
@@ -375,7 +375,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
-    cfg = {**gpt2_shape(args.size, args.layers), "context_length": args.context, "drop_rate": 0.0}
+    cfg = {
+        **gpt2_shape(args.size, args.layers),
+        "context_length": args.context_length,
+        "drop_rate": 0.0,
+    }
     chosen = [
         v
         for v in variants(args.with_compile, args.precision)
@@ -392,10 +396,10 @@ def main(argv: list[str] | None = None) -> None:
         False: matmul_peak(torch.float32, device, args.matmul_size, args.peak_seconds),
         True: matmul_peak(torch.bfloat16, device, args.matmul_size, args.peak_seconds),
     }
-    flops_per_token = training_flops_per_token(cfg, args.context)
-    tokens_per_step = args.batch_size * args.context
+    flops_per_token = training_flops_per_token(cfg, args.context_length)
+    tokens_per_step = args.batch_size * args.context_length
     print(
-        f"GPT-2 {args.size} shape ({cfg['n_layers']} blocks), context {args.context}, "
+        f"GPT-2 {args.size} shape ({cfg['n_layers']} blocks), context {args.context_length}, "
         f"batch {args.batch_size}; "
         f"{flops_per_token / 1e9:.2f} GFLOP per training token (tied or not: the output layer "
         "is one product either way)"
