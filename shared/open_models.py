@@ -86,7 +86,7 @@ def check_kv_groups(num_heads: int, num_kv_groups: int) -> None:
         )
 
 
-class GroupedQueryAttention(nn.Module):
+class RoPEGroupedQueryAttention(nn.Module):
     """Causal grouped-query attention with rotary positions and an optional QK-norm.
 
     num_heads query heads of head_dim dimensions share num_kv_groups key/value heads (each
@@ -98,6 +98,8 @@ class GroupedQueryAttention(nn.Module):
     With use_cache=True the rotated keys and the values of x are appended to a cache, x's tokens
     sit at the positions after the cached ones, and attend to every position up to their own;
     reset_cache() empties it. The cache holds g heads, not h: that is what GQA saves.
+    (shared.attention_variants.GroupedQueryAttention is the GPT-2 one: a MultiHeadAttention
+    subclass with its arguments, no RoPE.)
     """
 
     def __init__(
@@ -165,7 +167,7 @@ class OpenTransformerBlock(nn.Module):
     def __init__(self, cfg: dict):
         super().__init__()
         dtype = cfg.get("dtype")
-        self.att = GroupedQueryAttention(
+        self.att = RoPEGroupedQueryAttention(
             d_in=cfg["emb_dim"],
             num_heads=cfg["n_heads"],
             num_kv_groups=cfg["n_kv_groups"],
