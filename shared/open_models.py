@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from shared.attention_ops import attend, extend_cache, repeat_kv, split_heads
+from shared.attention import causal_mask
+from shared.attention_ops import attend, extend_cache, hidden_positions, repeat_kv, split_heads
 from shared.checkpoints import describe_mismatch
 from shared.data import CorruptDataError, DataFile, DataUnavailableError, fetch
 from shared.gpt2_weights import STANDIN_ENV
@@ -94,12 +95,13 @@ class RoPEGroupedQueryAttention(nn.Module):
     multi-head attention. Queries and keys are rotated by RoPE (after the QK-norm, when
     qk_norm=True). No biases.
 
-    forward(x (b, n, d_in), cos, sin, use_cache) -> (b, n, d_in); cos, sin: RoPE tables (L, k).
-    With use_cache=True the rotated keys and the values of x are appended to a cache, x's tokens
-    sit at the positions after the cached ones, and attend to every position up to their own;
-    reset_cache() empties it. The cache holds g heads, not h: that is what GQA saves.
-    (shared.attention_variants.GroupedQueryAttention is the GPT-2 one: a MultiHeadAttention
-    subclass with its arguments, no RoPE.)
+    forward(x (b, n, d_in), cos, sin, mask, use_cache) -> (b, n, d_in); cos, sin: RoPE tables
+    (L, k); mask: a causal mask (shared.attention.causal_mask) covering at least the keys
+    (cached + new). With use_cache=True the rotated keys and the values of x are appended to a
+    cache, x's tokens sit at the positions after the cached ones, and attend to every position
+    up to their own; reset_cache() empties it. The cache holds g heads, not h: that is what GQA
+    saves. (shared.attention_variants.GroupedQueryAttention is the GPT-2 one: a
+    MultiHeadAttention subclass with its arguments, no RoPE.)
     """
 
     def __init__(
@@ -132,7 +134,12 @@ class RoPEGroupedQueryAttention(nn.Module):
         self.cache_k = self.cache_v = None
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_cache: bool = False
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        use_cache: bool = False,
     ) -> torch.Tensor:
         num_tokens = x.shape[1]
         queries = split_heads(self.W_query(x), self.num_heads)  # (b, h, n, k)
@@ -152,16 +159,15 @@ class RoPEGroupedQueryAttention(nn.Module):
         group_size = self.num_heads // self.num_kv_groups
         keys, values = repeat_kv(keys, group_size), repeat_kv(values, group_size)  # (b, h, m, k)
 
-        num_keys = keys.shape[2]
         # Query i sits at position start + i and may see keys 0 ... start + i.
-        future = torch.ones(num_tokens, num_keys, dtype=torch.bool, device=x.device).triu(start + 1)
+        future = hidden_positions(mask, num_tokens, keys.shape[2])
         return self.out_proj(attend(queries, keys, values, future, float32_softmax=True))
 
 
 class OpenTransformerBlock(nn.Module):
     """Pre-norm block: x + att(norm1(x)), then x + ff(norm2(x)); RMSNorm, GQA, SwiGLU.
 
-    forward: x (b, n, d), RoPE tables cos, sin (L, k) -> (b, n, d)
+    forward: x (b, n, d), RoPE tables cos, sin (L, k), causal mask -> (b, n, d)
     """
 
     def __init__(self, cfg: dict):
@@ -181,9 +187,14 @@ class OpenTransformerBlock(nn.Module):
         self.norm2 = RMSNorm(cfg["emb_dim"], cfg["norm_eps"], dtype=dtype)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_cache: bool = False
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        use_cache: bool = False,
     ) -> torch.Tensor:
-        x = x + self.att(self.norm1(x), cos, sin, use_cache=use_cache)
+        x = x + self.att(self.norm1(x), cos, sin, mask, use_cache=use_cache)
         return x + self.ff(self.norm2(x))
 
 
@@ -215,7 +226,22 @@ class OpenDecoderModel(nn.Module):
         )
         self.register_buffer("cos", cos, persistent=False)  # (L, k), float32
         self.register_buffer("sin", sin, persistent=False)
+        # The causal mask every layer shares, grown with the positions used (causal_mask_for):
+        # a full (context_length, context_length) one would take 17 GB at 131,072 positions.
+        self.register_buffer("mask", causal_mask(0), persistent=False)
         self.cached_tokens = 0  # positions held in the KV cache
+
+    def causal_mask_for(self, num_keys: int) -> torch.Tensor:
+        """shared.attention.causal_mask of at least num_keys (<= context_length) positions.
+
+        Built on first need and doubled when outgrown, so generating token by token rebuilds it
+        a few times rather than at every step.
+        """
+        if self.mask.shape[0] < num_keys:
+            size = min(self.context_length, max(num_keys, 2 * self.mask.shape[0]))
+            with torch.inference_mode(False):  # one made while sampling must serve training too
+                self.mask = causal_mask(size).to(self.mask.device)
+        return self.mask
 
     def reset_kv_cache(self) -> None:
         """Empty the key/value cache of every attention layer."""
@@ -234,8 +260,9 @@ class OpenDecoderModel(nn.Module):
                 f"{self.context_length} tokens"
             )
         x = self.tok_emb(in_idx)
+        mask = self.causal_mask_for(start + seq_len)
         for block in self.trf_blocks:
-            x = block(x, self.cos, self.sin, use_cache=use_cache)
+            x = block(x, self.cos, self.sin, mask, use_cache=use_cache)
         if use_cache:
             self.cached_tokens += seq_len
         return self.out_head(self.final_norm(x))

@@ -211,6 +211,17 @@ def test_context_longer_than_the_rope_table_is_refused_by_value():
         model(torch.zeros(1, 9, dtype=torch.long), use_cache=True)
 
 
+def test_the_shared_causal_mask_grows_by_doubling_and_a_sampled_one_trains():
+    model = Llama3Model(tiny_cfg()).eval()  # context_length 48
+    assert [model.causal_mask_for(n).shape[0] for n in (5, 6, 11, 30, 48)] == [5, 10, 20, 40, 48]
+    assert torch.equal(model.mask, torch.ones(48, 48, dtype=torch.bool).triu(1))
+    fresh = Llama3Model(tiny_cfg())
+    with torch.inference_mode():  # the mask is built while sampling ...
+        fresh(torch.zeros(1, 3, dtype=torch.long))
+    fresh(torch.zeros(1, 3, dtype=torch.long)).sum().backward()  # ... and serves training
+    assert fresh.tok_emb.weight.grad is not None
+
+
 def test_a_tied_model_refuses_a_checkpoint_whose_head_differs():
     model = Llama3Model(tiny_cfg(tie_embeddings=True))
     params = {
