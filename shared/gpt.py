@@ -93,7 +93,8 @@ def dropout_rate(cfg: dict, where: str) -> float:
 class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: attention and feed-forward, each with a shortcut.
 
-    forward: x (b, n, d) -> (b, n, d)
+    forward: x (b, n, d) -> (b, n, d); att_options go to the attention layer (none here;
+    shared.kv_cache.KVCacheGPTModel passes use_cache=True).
     """
 
     def __init__(self, cfg: dict):
@@ -111,9 +112,9 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(cfg["emb_dim"])
         self.drop_shortcut = nn.Dropout(dropout_rate(cfg, "shortcut"))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_shortcut(self.att(self.norm1(x)))  # attention sub-layer + shortcut
-        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # feed-forward sub-layer + shortcut
+    def forward(self, x: torch.Tensor, **att_options) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), **att_options))  # attention + shortcut
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))  # feed-forward + shortcut
         return x
 
 
@@ -126,7 +127,8 @@ class GPTModel(nn.Module):
       embeddings, on the attention weights, and before each shortcut (each defaults to drop_rate).
     forward: token ids (b, n) with n <= context_length -> logits (b, n, vocab_size);
     hidden_states: the same ids -> the final layer norm's output (b, n, emb_dim), which out_head
-    turns into the logits (for a loss that needs the logits at a few positions only).
+    turns into the logits (for a loss that needs the logits at a few positions only);
+    embed: the ids -> token plus position embeddings after dropout (b, n, emb_dim).
     """
 
     def __init__(self, cfg: dict):
@@ -149,11 +151,17 @@ class GPTModel(nn.Module):
                 f"input has {seq_len} tokens but the model's context_length is "
                 f"{self.context_length}; crop the input to its last {self.context_length} tokens"
             )
-        tok_embeds = self.tok_emb(in_idx)
-        pos_embeds = self.pos_emb(torch.arange(seq_len, device=in_idx.device))
-        x = self.drop_emb(tok_embeds + pos_embeds)
+        x = self.embed(in_idx)
         x = self.trf_blocks(x)
         return self.final_norm(x)
+
+    def embed(self, in_idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """Token plus position embeddings, after dropout: (b, n) -> (b, n, emb_dim). The tokens
+        sit at positions start_pos ... start_pos + n - 1 (after the cached ones, with a cache)."""
+        positions = torch.arange(start_pos, start_pos + in_idx.shape[1], device=in_idx.device)
+        tok_embeds = self.tok_emb(in_idx)
+        pos_embeds = self.pos_emb(positions)
+        return self.drop_emb(tok_embeds + pos_embeds)
 
 
 def generate_text_simple(

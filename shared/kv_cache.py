@@ -45,10 +45,8 @@ class KVCacheGPTModel(GPTModel):
                 f"context_length is {self.context_length}; reset_kv_cache() and pass the last "
                 f"{self.context_length} tokens at most"
             )
-        positions = torch.arange(start, start + seq_len, device=in_idx.device)
-        x = self.drop_emb(self.tok_emb(in_idx) + self.pos_emb(positions))
-        for block in self.trf_blocks:  # TransformerBlock.forward, with the cache switched on
-            x = x + block.drop_shortcut(block.att(block.norm1(x), use_cache=True))
-            x = x + block.drop_shortcut(block.ff(block.norm2(x)))
+        x = self.embed(in_idx, start_pos=start)
+        for block in self.trf_blocks:
+            x = block(x, use_cache=True)
         self.cached_tokens += seq_len
         return self.out_head(self.final_norm(x))
