@@ -24,12 +24,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from shared.data import DataUnavailableError
 from shared.gpt import GPT2_MODEL_CONFIGS
-from shared.gpt2_weights import GPT2_HF_NAMES, PretrainedGPT, load_pretrained_gpt2, standin_gpt
+
+if TYPE_CHECKING:  # the weights module is imported by gpt2_from_options, for the scripts using it
+    from shared.gpt2_weights import PretrainedGPT
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -114,7 +117,7 @@ MODEL_SIZES = {
 # name -> what it means (help, type, choices); the default is each script's.
 OPTIONS: dict[str, dict] = {
     "--gpt2": dict(
-        choices=tuple(GPT2_HF_NAMES),
+        choices=tuple(GPT2_MODEL_CONFIGS),  # the released sizes (shared.gpt2_weights loads them)
         help="OpenAI's GPT-2 weights of this size (downloaded once, then cached)",
     ),
     "--standin": dict(
@@ -210,6 +213,8 @@ def add_training_options(
 def gpt2_from_options(args: argparse.Namespace) -> PretrainedGPT:
     """The model add_gpt2_options asks for: the stand-in with --standin, else GPT-2 of --gpt2's
     size (the stand-in where its weights cannot be had, unless --require-gpt2); seeded by --seed."""
+    from shared.gpt2_weights import load_pretrained_gpt2, standin_gpt
+
     if args.standin:
         return standin_gpt(args.seed)
     return load_pretrained_gpt2(args.gpt2, seed=args.seed, allow_standin=not args.require_gpt2)

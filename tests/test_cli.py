@@ -39,7 +39,7 @@ from shared.cli import (
     read_json_file,
     read_text_file,
 )
-from shared.gpt2_weights import STANDIN_CONFIG, STANDIN_ENV
+from shared.gpt2_weights import GPT2_HF_NAMES, STANDIN_CONFIG, STANDIN_ENV
 from shared.pretraining import load_checkpoint, read_checkpoint_extra, save_checkpoint
 from shared.tokenizers import gpt2_tokenizer
 from tests.notebook_code import REPO
@@ -235,6 +235,7 @@ def test_gpt2_options_pick_the_model(monkeypatch):
     assert vars(parser.parse_args([])) == {
         "gpt2": "355M", "standin": False, "require_gpt2": False, "seed": 7
     }  # fmt: skip
+    assert parser._option_string_actions["--gpt2"].choices == tuple(GPT2_HF_NAMES)
     with pytest.raises(SystemExit):  # argparse: not allowed with --standin
         parser.parse_args(["--standin", "--require-gpt2"])
     monkeypatch.setenv(STANDIN_ENV, "1")
