@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shared.cli import HelpFormatter, add_option, errors_as_one_line, positive_int, read_json_file
+from shared.cli import HelpFormatter, add_option, errors_as_one_line, port_number, read_json_file
 from shared.instruction import generate_model_scores, ollama_is_running, ollama_url, token_f1
 
 HERE = Path(__file__).resolve().parent
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge-model", default="llama3", help="the judge model's name in Ollama")
     parser.add_argument("--ollama-host", default="127.0.0.1", help="the Ollama server's host")
     parser.add_argument(
-        "--ollama-port", type=positive_int, default=11434, help="the Ollama server's port"
+        "--ollama-port", type=port_number, default=11434, help="the Ollama server's port"
     )
     add_option(parser, "--max-entries", default_text="all")
     return parser

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from shared.cli import HelpFormatter, add_option, positive_int
+from shared.cli import HelpFormatter, add_option, port_number
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.gpt2_weights import STANDIN_CONFIG, PretrainedGPT
 from shared.kv_cache import KVCacheGPTModel
@@ -186,7 +186,7 @@ def app_arguments(description: str, checkpoint_default: str) -> argparse.Argumen
         help="address to listen on (default: 127.0.0.1, this machine only); 0.0.0.0 lets other "
         "machines, or a cloud machine's port forwarding, connect",
     )
-    parser.add_argument("--port", type=positive_int, default=DEFAULT_PORT, help="port")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help="port")
     parser.add_argument(
         "--share",
         action="store_true",

@@ -83,6 +83,11 @@ def fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
+def port_number(text: str) -> int:
+    """argparse type: a TCP port, a whole number from 1 to 65535."""
+    return _number(text, int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")
+
+
 def device_name(text: str) -> str:
     """argparse type of --device: a device PyTorch knows and this machine has (cpu, cuda,
     cuda:1, mps, ...); the name as given."""

@@ -34,6 +34,7 @@ from shared.cli import (
     gpt2_from_options,
     non_negative_float,
     non_negative_int,
+    port_number,
     positive_float,
     positive_int,
     read_json_file,
@@ -210,6 +211,7 @@ def test_chapter_readmes_list_every_option():
 def test_shared_validators_say_what_they_expected():
     assert positive_int("3") == 3 and non_negative_int("0") == 0 and fraction("0.1") == 0.1
     assert positive_float("1e-3") == 1e-3 and non_negative_float("0") == 0.0
+    assert port_number("1") == 1 and port_number("65535") == 65535
     for check, text, expected in (
         (positive_int, "0", "expected a whole number >= 1, got '0'"),
         (positive_int, "1.5", "expected a whole number >= 1, got '1.5'"),
@@ -217,6 +219,8 @@ def test_shared_validators_say_what_they_expected():
         (positive_float, "0", "expected a number > 0, got '0'"),
         (non_negative_float, "nan", "expected a number >= 0, got 'nan'"),
         (fraction, "1", "expected a number between 0 and 1, got '1'"),
+        (port_number, "0", "expected a port number from 1 to 65535, got '0'"),
+        (port_number, "65536", "expected a port number from 1 to 65535, got '65536'"),
         (device_name, "gpu", "unknown device 'gpu'; use cpu, cuda, cuda:N or mps"),
     ):
         with pytest.raises(argparse.ArgumentTypeError) as info:
@@ -226,6 +230,20 @@ def test_shared_validators_say_what_they_expected():
     if not torch.cuda.is_available():
         with pytest.raises(argparse.ArgumentTypeError, match="this machine has no cuda device"):
             device_name("cuda")
+
+
+@pytest.mark.parametrize(
+    "script, option",
+    [(app, "--port") for app in ("ch05/app.py", "ch06/app.py", "ch07/app.py")]
+    + [("ch07/score_responses.py", "--ollama-port")],
+)
+def test_port_options_take_only_port_numbers(script, option, capsys):
+    (parser,) = script_parsers(script).values()
+    assert getattr(parser.parse_args([option, "65535"]), option[2:].replace("-", "_")) == 65535
+    for bad in ("0", "65536"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([option, bad])
+        assert f"expected a port number from 1 to 65535, got '{bad}'" in capsys.readouterr().err
 
 
 def test_gpt2_options_pick_the_model(monkeypatch):
