@@ -44,6 +44,7 @@ from shared.cli import (
     add_option,
     add_training_options,
     check_utf8,
+    dropout_probability,
     errors_as_one_line,
     fraction,
     non_negative_float,
@@ -109,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(parser, "--size", "tiny")
     add_option(parser, "--context-length", 256)
-    parser.add_argument("--dropout", type=float, default=0.1, help="dropout rate of the model")
+    parser.add_argument(
+        "--dropout", type=dropout_probability, default=0.1, help="dropout rate of the model"
+    )
     add_training_options(parser, epochs=10, batch_size=2, lr=4e-4, weight_decay=0.1)
     parser.add_argument(
         "--val-fraction", type=fraction, default=0.1, help="share of the text kept for validation"

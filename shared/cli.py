@@ -83,6 +83,11 @@ def fraction(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
+def dropout_probability(text: str) -> float:
+    """argparse type: a dropout rate, a number from 0 (no dropout) up to but not including 1."""
+    return _number(text, float, lambda v: 0 <= v < 1, "a number >= 0 and < 1")
+
+
 def port_number(text: str) -> int:
     """argparse type: a TCP port, a whole number from 1 to 65535."""
     return _number(text, int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")

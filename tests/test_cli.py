@@ -29,6 +29,7 @@ from shared.cli import (
     add_option,
     check_utf8,
     device_name,
+    dropout_probability,
     errors_as_one_line,
     fraction,
     gpt2_from_options,
@@ -212,6 +213,7 @@ def test_shared_validators_say_what_they_expected():
     assert positive_int("3") == 3 and non_negative_int("0") == 0 and fraction("0.1") == 0.1
     assert positive_float("1e-3") == 1e-3 and non_negative_float("0") == 0.0
     assert port_number("1") == 1 and port_number("65535") == 65535
+    assert dropout_probability("0") == 0.0 and dropout_probability("0.999") == 0.999
     for check, text, expected in (
         (positive_int, "0", "expected a whole number >= 1, got '0'"),
         (positive_int, "1.5", "expected a whole number >= 1, got '1.5'"),
@@ -219,6 +221,8 @@ def test_shared_validators_say_what_they_expected():
         (positive_float, "0", "expected a number > 0, got '0'"),
         (non_negative_float, "nan", "expected a number >= 0, got 'nan'"),
         (fraction, "1", "expected a number between 0 and 1, got '1'"),
+        (dropout_probability, "1", "expected a number >= 0 and < 1, got '1'"),
+        (dropout_probability, "-0.1", "expected a number >= 0 and < 1, got '-0.1'"),
         (port_number, "0", "expected a port number from 1 to 65535, got '0'"),
         (port_number, "65536", "expected a port number from 1 to 65535, got '65536'"),
         (device_name, "gpu", "unknown device 'gpu'; use cpu, cuda, cuda:N or mps"),
@@ -244,6 +248,14 @@ def test_port_options_take_only_port_numbers(script, option, capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([option, bad])
         assert f"expected a port number from 1 to 65535, got '{bad}'" in capsys.readouterr().err
+
+
+def test_train_takes_a_dropout_rate_below_one(capsys):
+    (parser,) = script_parsers("ch05/train.py").values()
+    assert parser.parse_args(["--dropout", "0"]).dropout == 0.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dropout", "1"])
+    assert "--dropout: expected a number >= 0 and < 1, got '1'" in capsys.readouterr().err
 
 
 def test_gpt2_options_pick_the_model(monkeypatch):
