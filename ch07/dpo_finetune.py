@@ -40,7 +40,12 @@ from shared.cli import (
 )
 from shared.device import get_device
 from shared.gpt import GPTModel
-from shared.instruction import format_input, generate_response, split_instruction_data
+from shared.instruction import (
+    finetuning_loaders,
+    format_input,
+    generate_response,
+    split_for_finetuning,
+)
 from shared.preference import (
     REDUCTIONS,
     calc_dpo_loader,
@@ -134,13 +139,7 @@ def tune(args: argparse.Namespace) -> None:
     data = load_preference_data(args.data)
     model, extra = load_sft_model(args.checkpoint)
     data = data[: args.max_entries] if args.max_entries is not None else data
-    train_data, val_data, test_data = split_instruction_data(data)
-    print(
-        f"{len(data)} entries: {len(train_data)} training, {len(val_data)} validation, "
-        f"{len(test_data)} test"
-    )
-    if not (train_data and val_data and test_data):
-        raise ValueError("too few entries for a training, validation and test set")
+    train_data, val_data, test_data = split_for_finetuning(data)
     style = extra.get("style", "alpaca")
     print(f"Model: {args.checkpoint} ({sum(p.numel() for p in model.parameters()):,} params)")
     policy = model.to(device)
@@ -154,16 +153,9 @@ def tune(args: argparse.Namespace) -> None:
         style=style,
     )
     torch.manual_seed(args.seed)
-    train_loader = create_preference_dataloader(
-        train_data, shuffle=True, drop_last=True, **loader_args
+    train_loader, val_loader, test_loader = finetuning_loaders(
+        create_preference_dataloader, train_data, val_data, test_data, **loader_args
     )
-    val_loader = create_preference_dataloader(val_data, **loader_args)
-    test_loader = create_preference_dataloader(test_data, **loader_args)
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"{len(train_data)} training entries make no full batch of {args.batch_size}; "
-            "use more entries or a smaller --batch-size"
-        )
     optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     start = time.time()
     history = train_model_dpo(

@@ -40,9 +40,10 @@ from shared.device import get_device
 from shared.instruction import (
     PROMPT_STYLES,
     create_instruction_dataloader,
+    finetuning_loaders,
     format_prompt,
     generate_response,
-    split_instruction_data,
+    split_for_finetuning,
     token_f1,
     validate_entries,
 )
@@ -112,13 +113,7 @@ def finetune(args: argparse.Namespace) -> None:
     device = get_device(args.device)
     tokenizer = gpt2_tokenizer()
     data = load_data(args.data, args.max_entries)
-    train_data, val_data, test_data = split_instruction_data(data)
-    print(
-        f"{len(data)} entries: {len(train_data)} training, {len(val_data)} validation, "
-        f"{len(test_data)} test"
-    )
-    if not (train_data and val_data and test_data):
-        raise ValueError("too few entries for a training, validation and test set")
+    train_data, val_data, test_data = split_for_finetuning(data)
 
     pretrained = gpt2_from_options(args)
     model, config, is_standin = pretrained.model, pretrained.config, pretrained.is_standin
@@ -135,16 +130,9 @@ def finetune(args: argparse.Namespace) -> None:
         style=args.style,
     )
     torch.manual_seed(args.seed)
-    train_loader = create_instruction_dataloader(
-        train_data, shuffle=True, drop_last=True, **loader_args
+    train_loader, val_loader, test_loader = finetuning_loaders(
+        create_instruction_dataloader, train_data, val_data, test_data, **loader_args
     )
-    val_loader = create_instruction_dataloader(val_data, **loader_args)
-    test_loader = create_instruction_dataloader(test_data, **loader_args)
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"{len(train_data)} training entries make no full batch of "
-            f"{args.batch_size}; use more entries or a smaller --batch-size"
-        )
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=args.weight_decay)
     start = time.time()

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -199,6 +199,40 @@ def create_instruction_dataloader(
         drop_last=drop_last,
         num_workers=num_workers,
     )
+
+
+def split_for_finetuning(data: Sequence[dict]) -> tuple[list[dict], list[dict], list[dict]]:
+    """split_instruction_data(data) with the three sizes printed, as ch07's finetuning scripts
+    report them; ValueError when a set is empty."""
+    train_data, val_data, test_data = split_instruction_data(data)
+    print(
+        f"{len(data)} entries: {len(train_data)} training, {len(val_data)} validation, "
+        f"{len(test_data)} test"
+    )
+    if not (train_data and val_data and test_data):
+        raise ValueError("too few entries for a training, validation and test set")
+    return train_data, val_data, test_data
+
+
+def finetuning_loaders(
+    create_loader: Callable[..., DataLoader],
+    train_data: Sequence[dict],
+    val_data: Sequence[dict],
+    test_data: Sequence[dict],
+    **loader_args,
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """The (train, val, test) loaders create_loader (create_instruction_dataloader or
+    shared.preference.create_preference_dataloader) makes with loader_args, the training one
+    shuffled and of full batches only; ValueError when the training entries fill no batch."""
+    train_loader = create_loader(train_data, shuffle=True, drop_last=True, **loader_args)
+    val_loader = create_loader(val_data, **loader_args)
+    test_loader = create_loader(test_data, **loader_args)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"{len(train_data)} training entries make no full batch of "
+            f"{loader_args['batch_size']}; use more entries or a smaller --batch-size"
+        )
+    return train_loader, val_loader, test_loader
 
 
 def generate_response(
