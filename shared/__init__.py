@@ -1,6 +1,6 @@
 """The finished code of every chapter of the course, one module per concept.
 
-shared.device          picking cuda, mps or cpu (all chapters)
+shared.device          picking cuda, mps or cpu, timing work on it (all chapters)
 shared.data            downloading, verifying and caching data sets and weights (all chapters)
 shared.cli             the scripts' shared options, validators, help, one-line errors (all chapters)
 shared.tokenizers      regex tokenizers, byte-pair encoding from scratch, GPT-2's tokenizer (ch02)

@@ -14,13 +14,12 @@ tokens agree.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import transformers
 
 from shared.cli import HelpFormatter, add_option, positive_int
-from shared.device import get_device
+from shared.device import best_time, get_device
 from shared.llama3 import LLAMA32_CONFIG_1B, Llama3Model
 from shared.open_models import count_parameters, load_hf_weights
 from shared.pretraining import generate
@@ -58,19 +57,6 @@ def reference_config(cfg: dict, config_class: type) -> transformers.PretrainedCo
         tie_word_embeddings=cfg["tie_embeddings"],
         rope_parameters=rope,
     )
-
-
-def fastest(run, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """(shortest wall time of run() on device in seconds over repeats, the token ids it
-    returned)."""
-    times, ids = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        ids = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize()  # wait for the queued kernels: their time counts
-        times.append(time.perf_counter() - start)
-    return min(times), ids
 
 
 def benchmark(arch: str, args, device: torch.device) -> None:
@@ -115,7 +101,7 @@ def benchmark(arch: str, args, device: torch.device) -> None:
         ),
         "transformers generate (cache)": reference_run,
     }
-    results = {name: fastest(run, args.repeats, device) for name, run in runs.items()}
+    results = {name: best_time(run, args.repeats, device) for name, run in runs.items()}
 
     print(
         f"\n{arch}: {count_parameters(course) / 1e6:.0f}M parameters ({cfg['n_layers']} layers, "

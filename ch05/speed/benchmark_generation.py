@@ -12,31 +12,18 @@ tokens per second for each variant, the speed-ups, and whether the tokens agree.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 # The sibling script (its folder is on sys.path when this file runs as a script).
-from benchmark_training import gpt2_shape, synchronize, transformers_model
+from benchmark_training import gpt2_shape, transformers_model
 
 from shared.cli import HelpFormatter, add_option
-from shared.device import get_device
+from shared.device import best_time, get_device
 from shared.fused_kernels import use_fused_kernels
 from shared.gpt2_weights import load_weights_into_gpt
 from shared.kv_cache import KVCacheGPTModel
 from shared.pretraining import generate
-
-
-def best_time(fn, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
-    """(fastest wall time of fn() on device over repeats, its last result)."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        result = fn()
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def build_parser() -> argparse.ArgumentParser:

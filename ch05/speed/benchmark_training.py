@@ -44,7 +44,7 @@ from shared.cli import (
     positive_float,
     positive_int,
 )
-from shared.device import get_device
+from shared.device import get_device, synchronize
 from shared.fused_kernels import use_fused_kernels
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.speed import make_adamw
@@ -99,11 +99,6 @@ def gpt2_shape(size: str, layers: int | None = None) -> dict:
     if layers is not None:
         cfg["n_layers"] = layers
     return cfg
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, seconds: float = 3.0) -> float:
