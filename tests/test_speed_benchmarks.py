@@ -1,4 +1,4 @@
-"""The ch05/speed benchmark scripts run end to end on tiny settings (their timings are not tested)."""
+"""The ch05/speed benchmark scripts run end to end on a tiny model; their timings are not tested."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_training_benchmark_prints_a_row_per_variant():
             "1",
         ),
         *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
-        *("--layers", "1", "--peak-seconds", "0.1"),
+        *("--size", "tiny", "--layers", "1", "--peak-seconds", "0.1"),
     )
     lines = result.stdout.splitlines()
     assert any(line.startswith("Measured matmul peak: fp32") for line in lines)
@@ -55,7 +55,7 @@ def test_training_benchmark_compares_with_both_yardsticks():
             "1",
         ),
         *("--rounds", "1", "--steps", "1", "--warmup", "0", "--matmul-size", "64"),
-        *("--layers", "1", "--peak-seconds", "0.1"),
+        *("--size", "tiny", "--layers", "1", "--peak-seconds", "0.1"),
     )
     rows = {
         row[0]: row[4:6]
@@ -87,7 +87,7 @@ def test_training_benchmark_profiles_one_step():
     result = run_script(
         SPEED / "benchmark_training.py",
         *("--profile", "--only", "course, fused + f.AdamW, tied", "--context-length", "8"),
-        *("--batch-size", "1", "--warmup", "0", "--layers", "1"),
+        *("--batch-size", "1", "--warmup", "0", "--size", "tiny", "--layers", "1"),
     )
     assert "course, fused + f.AdamW, tied: one training step" in result.stdout
     assert "aten::" in result.stdout  # the profiler's operator table
@@ -96,7 +96,8 @@ def test_training_benchmark_profiles_one_step():
 def test_generation_benchmark_agrees_on_tokens():
     result = run_script(
         SPEED / "benchmark_generation.py",
-        *("--new-tokens", "4", "--prompt-tokens", "3", "--repeats", "1", "--layers", "1"),
+        *("--new-tokens", "4", "--prompt-tokens", "3", "--repeats", "1"),
+        *("--size", "tiny", "--layers", "1"),
     )
     verdicts = [line for line in result.stdout.splitlines() if line.startswith("tokens of ")]
     compared = ["course, plain, KV cache", "course, fused, KV cache", "reference (transformers"]
