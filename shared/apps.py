@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,10 +135,6 @@ def input_problem(value: object, what: str, max_chars: int = MAX_INPUT_CHARS) ->
     return None
 
 
-# One generation at a time per process: the KV cache lives inside the model.
-_GENERATION_LOCK = threading.Lock()
-
-
 def stream_generate(
     model: KVCacheGPTModel,
     idx: torch.Tensor,
@@ -156,23 +151,19 @@ def stream_generate(
     the last list holds exactly the tokens generate(..., use_cache=True) appends to idx.
     seed: sample with a generator of this request's own, seeded so (None: PyTorch's global
     random numbers); the same seed gives the tokens of torch.manual_seed(seed) and generate.
-    Closing the iterator early stops the generation and empties the cache. One stream at a
-    time per process: the lock is held until the stream ends or is closed (Gradio closes it
-    when a request is cancelled), since the KV cache lives in the model.
+    Each stream has its own cache, so requests can stream at the same time; closing the
+    iterator early (Gradio does when a request is cancelled) stops the generation.
     """
     if idx.dim() != 2 or idx.shape[0] != 1:
         raise ValueError(f"idx must be one prompt of shape (1, n), got {tuple(idx.shape)}")
-    with _GENERATION_LOCK:
-        generator = None if seed is None else torch.Generator(idx.device).manual_seed(seed)
-        settings = dict(temperature=temperature, top_k=top_k, eos_id=eos_id, generator=generator)
-        steps = generate_tokens(
-            model, idx, max_new_tokens, context_size, **settings, use_cache=True
-        )
-        new_ids: list[int] = []
-        with contextlib.closing(steps):
-            for token in steps:
-                new_ids.append(int(token))
-                yield list(new_ids)
+    generator = None if seed is None else torch.Generator(idx.device).manual_seed(seed)
+    settings = dict(temperature=temperature, top_k=top_k, eos_id=eos_id, generator=generator)
+    steps = generate_tokens(model, idx, max_new_tokens, context_size, **settings, use_cache=True)
+    new_ids: list[int] = []
+    with contextlib.closing(steps):
+        for token in steps:
+            new_ids.append(int(token))
+            yield list(new_ids)
 
 
 def app_arguments(description: str, checkpoint_default: str) -> argparse.ArgumentParser:

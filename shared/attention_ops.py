@@ -6,7 +6,9 @@ attention (shared.open_models) call them instead:
 
 - split_heads / merge_heads: (b, n, h * d_head) <-> (b, h, n, d_head);
 - repeat_kv: each key/value head copied for the query heads of its group (grouped queries);
-- extend_cache: the cached keys or values followed by the new ones;
+- LayerKV / KVCache: what one attention layer / a whole model has cached for one batch of
+  texts, kept outside the modules (one per generation, so two can run on one model at once);
+  LayerKV.extend appends the new positions and counts them;
 - hidden_positions: the rows of a causal (or sliding-window) mask for the newest queries, which
   come after the cached positions;
 - attend: scores, mask, softmax, dropout and the weighted sum of the values, heads merged.
@@ -39,10 +41,58 @@ def repeat_kv(t: torch.Tensor, heads_per_group: int) -> torch.Tensor:
     return t if heads_per_group == 1 else t.repeat_interleave(heads_per_group, dim=1)
 
 
-def extend_cache(cached: torch.Tensor | None, new: torch.Tensor, dim: int = 2) -> torch.Tensor:
-    """The cached tensor followed by new along dim (the positions); new alone when nothing is
-    cached yet."""
-    return new if cached is None else torch.cat([cached, new], dim=dim)
+class LayerKV:
+    """What one attention layer has cached for one batch of texts.
+
+    tensors: the cached keys and values (each (b, g, m, d_head)), or whatever the layer rebuilds
+    them from (latent attention keeps one latent (b, m, r)); empty before the first extend.
+    length: the positions seen so far, so the next new token sits at position length (a
+    sliding window may keep fewer than it has seen). derived: what the layer computes once per
+    generation from its weights (the fused path keeps its stacked query/key/value weights here;
+    the cached keys assume unchanged weights anyway).
+    """
+
+    def __init__(self):
+        self.tensors: tuple[torch.Tensor, ...] = ()
+        self.length = 0
+        self.derived: dict[str, object] = {}
+
+    def extend(self, *new: torch.Tensor, dim: int = 2) -> tuple[torch.Tensor, ...]:
+        """Append the new positions (each tensor's dim) to the cached tensors and return all of
+        them, cached + new, in the order given."""
+        self.length += new[0].shape[dim]
+        if self.tensors:
+            new = tuple(torch.cat([old, t], dim=dim) for old, t in zip(self.tensors, new))
+        self.tensors = new
+        return new
+
+    def keep_last(self, count: int, dim: int = 2) -> None:
+        """Keep only the last count cached positions (a sliding window); length is unchanged."""
+        start = max(0, self.tensors[0].shape[dim] - count) if self.tensors else 0
+        self.tensors = tuple(t.narrow(dim, start, t.shape[dim] - start) for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cached tensors take."""
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+
+class KVCache:
+    """What a model has cached for one batch of texts: a LayerKV per transformer block.
+
+    length: the positions seen (every layer has seen the same ones); nbytes: the whole cache.
+    """
+
+    def __init__(self, num_layers: int):
+        self.layers = [LayerKV() for _ in range(num_layers)]
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(layer.nbytes for layer in self.layers)
 
 
 def hidden_positions(mask: torch.Tensor, num_tokens: int, num_keys: int) -> torch.Tensor:

@@ -9,7 +9,8 @@
 
 The three attention classes take MultiHeadAttention's arguments plus their own, so they can
 replace `block.att` in a GPTModel; MoEFeedForward can replace `block.ff`. Each attention class
-caches with forward(x, use_cache=True) and forgets with reset_cache(), like the chapter's class.
+reads and extends a cache passed to it, forward(x, layer_kv) with a shared.attention_ops.LayerKV,
+as shared.fast_attention.KVCacheMultiHeadAttention does, so they fit a KVCacheGPTModel too.
 The formulas at the end give the cache size and the parameter counts without building a model.
 
 Shapes: b = batch size, n = number of new tokens, m = number of keys (cached + new),
@@ -24,8 +25,8 @@ from torch import nn
 
 from shared.attention import MultiHeadAttention, causal_mask
 from shared.attention_ops import (  # noqa: F401  attend, hidden_positions: the notebook's names
+    LayerKV,
     attend,
-    extend_cache,
     hidden_positions,
     repeat_kv,
     split_heads,
@@ -51,8 +52,8 @@ class GroupedQueryAttention(MultiHeadAttention):
     num_heads it is MultiHeadAttention (same state_dict); with num_kv_groups == 1 it is
     multi-query attention. The cache holds num_kv_groups heads instead of num_heads.
 
-    forward: x (b, n, d_in) -> (b, n, d_out). use_cache=True appends x's keys and values to
-    cache_k and cache_v, each (b, g, cached, d_head); reset_cache() empties them.
+    forward: x (b, n, d_in) -> (b, n, d_out). With a layer_kv, x's keys and values, each
+    (b, g, n, d_head), are appended to it.
     """
 
     def __init__(
@@ -75,26 +76,18 @@ class GroupedQueryAttention(MultiHeadAttention):
         # One key head and one value head per group instead of one per query head.
         self.W_key = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, num_kv_groups * self.head_dim, bias=qkv_bias)
-        self.cache_k: torch.Tensor | None = None  # (b, g, cached, d_head)
-        self.cache_v: torch.Tensor | None = None
 
-    def reset_cache(self) -> None:
-        """Forget the cached keys and values."""
-        self.cache_k = self.cache_v = None
+    def keep_in_cache(self, layer_kv: LayerKV) -> None:
+        """What stays cached after a step: every position seen."""
 
-    def keep_in_cache(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store the keys and values (b, g, m, d_head) seen so far: all of them."""
-        self.cache_k, self.cache_v = keys, values
-
-    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer_kv: LayerKV | None = None) -> torch.Tensor:
         n = x.shape[1]
         queries = self.split_heads(self.W_query(x))  # (b, h, n, d_head)
         keys = split_heads(self.W_key(x), self.num_kv_groups)  # (b, g, n, d_head)
         values = split_heads(self.W_value(x), self.num_kv_groups)
-        if use_cache:
-            keys = extend_cache(self.cache_k, keys)
-            values = extend_cache(self.cache_v, values)
-            self.keep_in_cache(keys, values)
+        if layer_kv is not None:
+            keys, values = layer_kv.extend(keys, values)  # (b, g, m, d_head)
+            self.keep_in_cache(layer_kv)
         hidden = hidden_positions(self.mask, n, keys.shape[2])
         # Copy each key/value head for the query heads of its group: (b, g, m, .) -> (b, h, m, .)
         heads_per_group = self.num_heads // self.num_kv_groups
@@ -110,8 +103,8 @@ class SlidingWindowAttention(GroupedQueryAttention):
     such as Gemma 3 combine the window with grouped-query attention. With window_size at least
     the number of positions it equals causal attention.
 
-    forward: x (b, n, d_in) -> (b, n, d_out); cache_k and cache_v are (b, g, <= window_size,
-    d_head).
+    forward: x (b, n, d_in) -> (b, n, d_out); a layer_kv keeps keys and values of at most
+    window_size positions, each (b, g, <= window_size, d_head).
     """
 
     def __init__(
@@ -133,12 +126,11 @@ class SlidingWindowAttention(GroupedQueryAttention):
         self.window_size = window_size
         self.mask = sliding_window_mask(context_length, window_size)
 
-    def keep_in_cache(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Store only the last window_size positions: older keys are outside every later
-        query's window. The mask only depends on the distance between positions, so it still
-        lines up after the cut."""
-        self.cache_k = keys[:, :, -self.window_size :]
-        self.cache_v = values[:, :, -self.window_size :]
+    def keep_in_cache(self, layer_kv: LayerKV) -> None:
+        """Keep only the last window_size positions: older keys are outside every later query's
+        window. The mask only depends on the distance between positions, so it still lines up
+        after the cut."""
+        layer_kv.keep_last(self.window_size)
 
 
 class MultiHeadLatentAttention(MultiHeadAttention):
@@ -150,8 +142,8 @@ class MultiHeadLatentAttention(MultiHeadAttention):
     (DeepSeek's version also compresses the queries and carries a small separate key part for
     rotary positions; GPT-2's positions are in the embeddings, so this class needs neither.)
 
-    forward: x (b, n, d_in) -> (b, n, d_out). use_cache=True appends x's latents to
-    cache_latent (b, cached, latent_dim); reset_cache() empties it.
+    forward: x (b, n, d_in) -> (b, n, d_out). With a layer_kv, x's latents (b, n, latent_dim)
+    are appended to it.
     """
 
     def __init__(
@@ -170,17 +162,12 @@ class MultiHeadLatentAttention(MultiHeadAttention):
         self.W_latent = nn.Linear(d_in, latent_dim, bias=False)  # down: token -> latent
         self.W_key = nn.Linear(latent_dim, d_out, bias=qkv_bias)  # up: latent -> keys
         self.W_value = nn.Linear(latent_dim, d_out, bias=qkv_bias)  # up: latent -> values
-        self.cache_latent: torch.Tensor | None = None  # (b, cached, latent_dim)
 
-    def reset_cache(self) -> None:
-        """Forget the cached latents."""
-        self.cache_latent = None
-
-    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer_kv: LayerKV | None = None) -> torch.Tensor:
         n = x.shape[1]
         latent = self.W_latent(x)  # (b, n, latent_dim)
-        if use_cache:
-            latent = self.cache_latent = extend_cache(self.cache_latent, latent, dim=1)
+        if layer_kv is not None:
+            (latent,) = layer_kv.extend(latent, dim=1)  # (b, m, latent_dim)
         hidden = hidden_positions(self.mask, n, latent.shape[1])
         queries = self.split_heads(self.W_query(x))
         keys = self.split_heads(self.W_key(latent))  # (b, h, m, d_head)

@@ -3,9 +3,9 @@
 - FusedMultiHeadAttention: the query, key and value projections as one matrix product, and
   PyTorch's fused scaled_dot_product_attention (flash or memory-efficient kernels where the
   device has them). Same results as MultiHeadAttention up to float rounding.
-- KVCacheMultiHeadAttention: keeps the keys and values of the tokens it has seen, so that
-  generation feeds only the newest token (ch04/kv-cache.ipynb builds one step by step);
-  shared.kv_cache.KVCacheGPTModel uses it.
+- KVCacheMultiHeadAttention: reads and extends a cache of the keys and values of the tokens
+  seen (a shared.attention_ops.LayerKV), so that generation feeds only the newest token
+  (ch04/kv-cache.ipynb builds one step by step); shared.kv_cache.KVCacheGPTModel uses it.
 
 Both subclass MultiHeadAttention and add no parameters, so a built model's attention layers can
 become them in place (swap_class): shared.fused_kernels.use_fused_kernels and KVCacheGPTModel do.
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.attention import MultiHeadAttention
-from shared.attention_ops import attend, extend_cache, hidden_positions, merge_heads
+from shared.attention_ops import LayerKV, attend, hidden_positions, merge_heads
 
 
 def swap_class(module: nn.Module, cls: type[nn.Module]) -> nn.Module:
@@ -69,28 +69,29 @@ class FusedMultiHeadAttention(MultiHeadAttention):
 
 
 class KVCacheMultiHeadAttention(MultiHeadAttention):
-    """MultiHeadAttention that can keep the keys and values it has computed, for generation.
+    """MultiHeadAttention that can read and extend a key/value cache, for generation.
 
     Takes MultiHeadAttention's arguments and fused: True computes as FusedMultiHeadAttention
     does (one QKV product and scaled_dot_product_attention), False as MultiHeadAttention does.
 
-    forward: x (b, n, d_in) -> (b, n, d_out). With use_cache=True the keys and values of x are
-    appended to the cache, and x's queries attend to every cached position before them
-    (positions cached + n <= context_length); reset_cache() empties it. Without use_cache it
-    computes exactly what the class it mirrors computes and leaves the cache alone.
+    forward: x (b, n, d_in) -> (b, n, d_out). With a layer_kv (shared.attention_ops.LayerKV)
+    x holds the n tokens after the layer_kv.length it has seen: their keys and values are
+    appended to it, and x's queries attend to every cached position before them (positions
+    cached + n <= context_length). The cache lives in layer_kv, not in the module, so one
+    module can serve several generations at once. Without a layer_kv it computes exactly what
+    the class it mirrors computes.
     """
 
     def __init__(self, *args, fused: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.fused = fused
-        self.reset_cache()
 
     @classmethod
     def from_attention(
         cls, att: MultiHeadAttention, fused: bool = False
     ) -> KVCacheMultiHeadAttention:
-        """att (Chapter 3's MultiHeadAttention, weights and all) made into this class in place,
-        cache empty. Build the cache first, then shared.fused_kernels.use_fused_kernels."""
+        """att (Chapter 3's MultiHeadAttention, weights and all) made into this class in place.
+        Build the cache first, then shared.fused_kernels.use_fused_kernels."""
         if type(att) is not MultiHeadAttention:
             raise TypeError(
                 f"from_attention needs Chapter 3's MultiHeadAttention, got {type(att).__name__}; "
@@ -98,36 +99,25 @@ class KVCacheMultiHeadAttention(MultiHeadAttention):
             )
         att = swap_class(att, cls)
         att.fused = fused
-        att.reset_cache()
         return att
 
-    def reset_cache(self) -> None:
-        """Forget the cached keys and values (and the stacked weights kept for them)."""
-        self.cache_k: torch.Tensor | None = None  # (b, h, cached, d_head)
-        self.cache_v: torch.Tensor | None = None
-        # Fused path, cached generation without autograd: the stacked query, key and value
-        # weights, (weight, bias), made at the first step and reused while the cache holds keys
-        # (the cached keys and values assume unchanged weights anyway); reset_cache() frees them.
-        self.stacked_qkv: tuple[torch.Tensor, torch.Tensor | None] | None = None
-
-    def project_qkv(self, x: torch.Tensor, use_cache: bool) -> tuple[torch.Tensor, ...]:
+    def project_qkv(self, x: torch.Tensor, layer_kv: LayerKV | None) -> tuple[torch.Tensor, ...]:
         """Queries, keys and values of x (b, n, d_in), each (b, h, n, d_head)."""
         if not self.fused:
             return tuple(self.split_heads(w(x)) for w in (self.W_query, self.W_key, self.W_value))
-        keep = use_cache and not torch.is_grad_enabled()
-        if not (keep and self.cache_k is not None and self.stacked_qkv is not None):
-            self.stacked_qkv = stacked_qkv_weights(self)
-        weight_and_bias = self.stacked_qkv
-        if not keep:
-            self.stacked_qkv = None
-        return project_qkv_stacked(self, x, *weight_and_bias)
+        if layer_kv is None or torch.is_grad_enabled():
+            return project_qkv_stacked(self, x, *stacked_qkv_weights(self))
+        # Cached generation without autograd: stack the weights at the first step, then reuse
+        # them from the cache (freed with it).
+        if "stacked_qkv" not in layer_kv.derived:
+            layer_kv.derived["stacked_qkv"] = stacked_qkv_weights(self)
+        return project_qkv_stacked(self, x, *layer_kv.derived["stacked_qkv"])
 
-    def forward(self, x: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer_kv: LayerKV | None = None) -> torch.Tensor:
         num_tokens = x.shape[1]
-        queries, keys, values = self.project_qkv(x, use_cache)
-        if use_cache:
-            keys = self.cache_k = extend_cache(self.cache_k, keys)
-            values = self.cache_v = extend_cache(self.cache_v, values)
+        queries, keys, values = self.project_qkv(x, layer_kv)
+        if layer_kv is not None:
+            keys, values = layer_kv.extend(keys, values)
         num_keys = keys.shape[2]
         # Query i sits at position num_keys - num_tokens + i and may see keys up to there.
         future = hidden_positions(self.mask, num_tokens, num_keys)

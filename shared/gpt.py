@@ -94,7 +94,7 @@ class TransformerBlock(nn.Module):
     """Pre-LayerNorm transformer block: attention and feed-forward, each with a shortcut.
 
     forward: x (b, n, d) -> (b, n, d); att_options go to the attention layer (none here;
-    shared.kv_cache.KVCacheGPTModel passes use_cache=True).
+    shared.kv_cache.KVCacheGPTModel passes each layer its cache, layer_kv).
     """
 
     def __init__(self, cfg: dict):

@@ -258,7 +258,7 @@ def generate_response(
     if context_size is None:
         context_size = model.pos_emb.num_embeddings
     if use_cache is None:
-        use_cache = hasattr(model, "reset_kv_cache")
+        use_cache = hasattr(model, "new_cache")
     prompt_ids = tokenizer.encode(format_prompt(entry, style))
     if len(prompt_ids) > context_size:
         warnings.warn(

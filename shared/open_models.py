@@ -33,7 +33,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from shared.attention import causal_mask
-from shared.attention_ops import attend, extend_cache, hidden_positions, repeat_kv, split_heads
+from shared.attention_ops import (
+    KVCache,
+    LayerKV,
+    attend,
+    hidden_positions,
+    repeat_kv,
+    split_heads,
+)
 from shared.checkpoints import describe_mismatch
 from shared.data import CorruptDataError, DataFile, DataUnavailableError, fetch
 from shared.gpt2_weights import STANDIN_ENV
@@ -95,12 +102,12 @@ class RoPEGroupedQueryAttention(nn.Module):
     multi-head attention. Queries and keys are rotated by RoPE (after the QK-norm, when
     qk_norm=True). No biases.
 
-    forward(x (b, n, d_in), cos, sin, mask, use_cache) -> (b, n, d_in); cos, sin: RoPE tables
+    forward(x (b, n, d_in), cos, sin, mask, layer_kv) -> (b, n, d_in); cos, sin: RoPE tables
     (L, k); mask: a causal mask (shared.attention.causal_mask) covering at least the keys
-    (cached + new). With use_cache=True the rotated keys and the values of x are appended to a
-    cache, x's tokens sit at the positions after the cached ones, and attend to every position
-    up to their own; reset_cache() empties it. The cache holds g heads, not h: that is what GQA
-    saves. (shared.attention_variants.GroupedQueryAttention is the GPT-2 one: a
+    (cached + new). With a layer_kv (shared.attention_ops.LayerKV), x's tokens sit at the
+    positions after the layer_kv.length it has seen, their rotated keys and their values are
+    appended to it, and they attend to every position up to their own. The cache holds g
+    heads, not h: that is what GQA saves. (shared.attention_variants.GroupedQueryAttention is the GPT-2 one: a
     MultiHeadAttention subclass with its arguments, no RoPE.)
     """
 
@@ -126,12 +133,6 @@ class RoPEGroupedQueryAttention(nn.Module):
         self.out_proj = nn.Linear(num_heads * head_dim, d_in, bias=False, dtype=dtype)
         self.q_norm = RMSNorm(head_dim, norm_eps, dtype) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, norm_eps, dtype) if qk_norm else None
-        self.cache_k: torch.Tensor | None = None  # (b, g, cached, k), rotated
-        self.cache_v: torch.Tensor | None = None
-
-    def reset_cache(self) -> None:
-        """Forget the cached keys and values."""
-        self.cache_k = self.cache_v = None
 
     def forward(
         self,
@@ -139,7 +140,7 @@ class RoPEGroupedQueryAttention(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor,
-        use_cache: bool = False,
+        layer_kv: LayerKV | None = None,
     ) -> torch.Tensor:
         num_tokens = x.shape[1]
         queries = split_heads(self.W_query(x), self.num_heads)  # (b, h, n, k)
@@ -148,12 +149,11 @@ class RoPEGroupedQueryAttention(nn.Module):
         if self.q_norm is not None:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
 
-        start = self.cache_k.shape[2] if use_cache and self.cache_k is not None else 0
+        start = 0 if layer_kv is None else layer_kv.length
         queries = apply_rope(queries, cos, sin, offset=start)
         keys = apply_rope(keys, cos, sin, offset=start)
-        if use_cache:
-            keys = self.cache_k = extend_cache(self.cache_k, keys)
-            values = self.cache_v = extend_cache(self.cache_v, values)
+        if layer_kv is not None:
+            keys, values = layer_kv.extend(keys, values)  # (b, g, m, k), the keys rotated
 
         # Each key/value head serves num_heads / num_kv_groups consecutive query heads.
         group_size = self.num_heads // self.num_kv_groups
@@ -192,9 +192,9 @@ class OpenTransformerBlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         mask: torch.Tensor,
-        use_cache: bool = False,
+        layer_kv: LayerKV | None = None,
     ) -> torch.Tensor:
-        x = x + self.att(self.norm1(x), cos, sin, mask, use_cache=use_cache)
+        x = x + self.att(self.norm1(x), cos, sin, mask, layer_kv)
         return x + self.ff(self.norm2(x))
 
 
@@ -204,9 +204,9 @@ class OpenDecoderModel(nn.Module):
     No position embedding: positions enter through RoPE inside attention. With
     tie_embeddings the output head is the token embedding matrix (one tensor, counted once).
     forward: token ids (b, n) with n <= context_length -> logits (b, n, V).
-    forward(..., use_cache=True) is for generation, as in GPTModel: the ids continue the ones
-    seen since reset_kv_cache() and only the new ones need passing; shared.pretraining.generate
-    (use_cache=True) drives it.
+    forward(in_idx, cache) is for generation, as in shared.kv_cache.KVCacheGPTModel: the ids
+    continue the ones the cache (from new_cache()) has seen and only the new ones need passing;
+    shared.pretraining.generate (use_cache=True) drives it.
     """
 
     def __init__(self, cfg: dict):
@@ -229,7 +229,6 @@ class OpenDecoderModel(nn.Module):
         # The causal mask every layer shares, grown with the positions used (causal_mask_for):
         # a full (context_length, context_length) one would take 17 GB at 131,072 positions.
         self.register_buffer("mask", causal_mask(0), persistent=False)
-        self.cached_tokens = 0  # positions held in the KV cache
 
     def causal_mask_for(self, num_keys: int) -> torch.Tensor:
         """shared.attention.causal_mask of at least num_keys (<= context_length) positions.
@@ -243,15 +242,13 @@ class OpenDecoderModel(nn.Module):
                 self.mask = causal_mask(size).to(self.mask.device)
         return self.mask
 
-    def reset_kv_cache(self) -> None:
-        """Empty the key/value cache of every attention layer."""
-        self.cached_tokens = 0
-        for block in self.trf_blocks:
-            block.att.reset_cache()
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for one batch of texts."""
+        return KVCache(len(self.trf_blocks))
 
-    def forward(self, in_idx: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         seq_len = in_idx.shape[1]
-        start = self.cached_tokens if use_cache else 0
+        start = 0 if cache is None else cache.length
         if start + seq_len > self.context_length:
             held = f" after {start} cached tokens" if start else ""
             raise ValueError(
@@ -261,10 +258,9 @@ class OpenDecoderModel(nn.Module):
             )
         x = self.tok_emb(in_idx)
         mask = self.causal_mask_for(start + seq_len)
-        for block in self.trf_blocks:
-            x = block(x, self.cos, self.sin, mask, use_cache=use_cache)
-        if use_cache:
-            self.cached_tokens += seq_len
+        layers = [None] * len(self.trf_blocks) if cache is None else cache.layers
+        for block, layer_kv in zip(self.trf_blocks, layers, strict=True):
+            x = block(x, self.cos, self.sin, mask, layer_kv)
         return self.out_head(self.final_norm(x))
 
 

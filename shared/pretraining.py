@@ -210,10 +210,11 @@ def generate(
     Returns (b, n + m) with m <= max_new_tokens. Runs without gradients; the caller chooses
     eval or train mode.
 
-    use_cache=True (a shared.kv_cache.KVCacheGPTModel) gives the same tokens faster: the keys
-    and values of tokens already seen are cached, so each step only processes the newest token.
-    Once the window of context_size tokens is full it slides, which shifts every token's absolute
-    position, so from then on the cache is refilled from the window at each step.
+    use_cache=True (a model with new_cache(), such as shared.kv_cache.KVCacheGPTModel) gives the
+    same tokens faster: the keys and values of tokens already seen are kept in a cache made for
+    this call, so each step only processes the newest token. Once the window of context_size
+    tokens is full it slides, which shifts every token's absolute position, so from then on a
+    new cache is filled from the window at each step.
 
     generator: the random numbers for sampling (None: PyTorch's global ones, which
     torch.manual_seed sets); one per request keeps concurrent requests reproducible.
@@ -240,9 +241,8 @@ def generate_tokens(
 ) -> Iterator[torch.Tensor]:
     """generate, one step at a time: yields each step's new token ids (b, 1), the tokens
     generate appends, for streaming them as they come. The settings are checked at the call,
-    not at the first step. Stopping early (closing the iterator) empties the KV cache. With
-    use_cache, iterate one generation at a time per model: the cache lives in the model, and
-    the first step resets it.
+    not at the first step. With use_cache each call has a cache of its own, so several
+    generations may run on one model at once (interleaved, or in threads).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -250,7 +250,7 @@ def generate_tokens(
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    if use_cache and not hasattr(model, "reset_kv_cache"):
+    if use_cache and not hasattr(model, "new_cache"):
         raise TypeError(
             f"use_cache=True needs a model with a KV cache, got {type(model).__name__}; "
             "build shared.kv_cache.KVCacheGPTModel(cfg) and load the same state_dict"
@@ -265,38 +265,33 @@ def _generation_steps(
 ) -> Iterator[torch.Tensor]:
     """The loop of generate_tokens, after its checks."""
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-    if use_cache:
-        model.reset_kv_cache()
-    try:
-        for _ in range(max_new_tokens):
-            logits = next_token_logits(model, idx, context_size, use_cache)
-            idx_next = pick_next_token(logits, temperature, top_k, generator)
-            if eos_id is not None:
-                idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
-                finished |= idx_next.squeeze(1) == eos_id
-                if finished.all():
-                    return
-            yield idx_next
-            idx = torch.cat((idx, idx_next), dim=1)
-    finally:
-        if use_cache:
-            model.reset_kv_cache()  # free the cache's memory
+    cache = None
+    for _ in range(max_new_tokens):
+        if use_cache and (cache is None or cache.length >= context_size):
+            cache = model.new_cache()  # the first step, or the window slid: refill from it
+        logits = next_token_logits(model, idx, context_size, cache)
+        idx_next = pick_next_token(logits, temperature, top_k, generator)
+        if eos_id is not None:
+            idx_next = idx_next.masked_fill(finished.unsqueeze(1), eos_id)
+            finished |= idx_next.squeeze(1) == eos_id
+            if finished.all():
+                return
+        yield idx_next
+        idx = torch.cat((idx, idx_next), dim=1)
 
 
 def next_token_logits(
-    model: nn.Module, idx: torch.Tensor, context_size: int, use_cache: bool
+    model: nn.Module, idx: torch.Tensor, context_size: int, cache=None
 ) -> torch.Tensor:
-    """The model's logits (b, V) for the token after idx (b, n), without gradients. With the
-    cache, idx continues the ids of the previous call (only the newest is fed) until the window
-    of context_size tokens is full; from then on (and at the first call) the cache is refilled
-    from the window."""
+    """The model's logits (b, V) for the token after idx (b, n), without gradients. Without a
+    cache the model sees the last context_size ids; with an empty cache it sees them too and
+    fills the cache; with a filled one, idx continues the ids the cache has seen and only the
+    newest is fed."""
     with torch.no_grad():
-        if not use_cache:
+        if cache is None:
             return model(idx[:, -context_size:])[:, -1, :]
-        if 0 < model.cached_tokens < context_size:
-            return model(idx[:, -1:], use_cache=True)[:, -1, :]
-        model.reset_kv_cache()
-        return model(idx[:, -context_size:], use_cache=True)[:, -1, :]
+        new_ids = idx[:, -1:] if cache.length else idx[:, -context_size:]
+        return model(new_ids, cache)[:, -1, :]
 
 
 def pick_next_token(

@@ -91,8 +91,21 @@ def test_stream_generate_stops_at_eos_and_when_closed():
 
     stream = stream_generate(model, idx, 50, 96)
     assert next(stream) == greedy[:1]
-    stream.close()  # the reader leaves: the generation stops and the model is free again
+    stream.close()  # the reader leaves: the generation stops
     assert list(stream_generate(model, idx, 8, 96))[-1] == greedy
+
+
+def test_two_requests_stream_at_once_from_one_model():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_model()
+    prompts = [torch.tensor([[15496, 11, 995]]), torch.tensor([[40, 716]])]
+    expected = [generate(model, idx, 20, 96)[0, idx.shape[1] :].tolist() for idx in prompts]
+    interleaved = list(zip(*(stream_generate(model, idx, 20, 96) for idx in prompts)))
+    assert list(interleaved[-1]) == expected  # each stream has its own cache
+    with ThreadPoolExecutor(2) as pool:  # two requests in threads, as Gradio serves them
+        streamed = pool.map(lambda idx: list(stream_generate(model, idx, 20, 96))[-1], prompts)
+        assert list(streamed) == expected
 
 
 def test_stream_generate_rejects_a_batch_and_reports_generate_errors():

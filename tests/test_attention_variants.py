@@ -19,7 +19,7 @@ from shared.attention_variants import (
     sliding_window_mask,
 )
 from shared.gpt import FeedForward, GPTModel, generate_text_simple
-from shared.kv_cache import KVCacheGPTModel
+from shared.kv_cache import KVCacheGPTModel, LayerKV
 from shared.pretraining import generate
 from tests.conftest import TINY
 from tests.notebook_code import notebook_definitions
@@ -37,11 +37,15 @@ def chapter_attention(qkv_bias: bool = True) -> MultiHeadAttention:
     return MultiHeadAttention(D, D, CONTEXT, 0.0, HEADS, qkv_bias=qkv_bias).eval()
 
 
-def cached_step_by_step(attention, x: torch.Tensor, chunks=(3, 1, 1, 4)) -> torch.Tensor:
-    """x fed in chunks through the cache, outputs concatenated: (b, n, d_out)."""
-    attention.reset_cache()
+def cached_step_by_step(
+    attention, x: torch.Tensor, chunks=(3, 1, 1, 4), layer_kv: LayerKV | None = None
+) -> torch.Tensor:
+    """x fed in chunks through a cache (a new LayerKV unless one is given, which is left filled),
+    outputs concatenated: (b, n, d_out)."""
+    layer_kv = LayerKV() if layer_kv is None else layer_kv
     starts = torch.tensor((0, *chunks)).cumsum(0).tolist()
-    outputs = [attention(x[:, a:b], use_cache=True) for a, b in zip(starts, starts[1:])]
+    outputs = [attention(x[:, a:b], layer_kv) for a, b in zip(starts, starts[1:])]
+    assert layer_kv.length == sum(chunks)
     return torch.cat(outputs, dim=1)
 
 
@@ -125,27 +129,34 @@ def test_cache_formulas_count_the_cached_tensors():
     gqa = GroupedQueryAttention(D, D, CONTEXT, 0.0, HEADS, num_kv_groups=2)
     swa = SlidingWindowAttention(D, D, CONTEXT, 0.0, HEADS, window_size=4, num_kv_groups=3)
     mla = MultiHeadLatentAttention(D, D, CONTEXT, 0.0, HEADS, latent_dim=5)
+    caches = {name: LayerKV() for name in ("gqa", "swa", "mla")}
     with torch.no_grad():
-        for attention in (gqa, swa, mla):
-            cached_step_by_step(attention, x)
+        for attention, layer_kv in zip((gqa, swa, mla), caches.values()):
+            cached_step_by_step(attention, x, layer_kv=layer_kv)
     head_dim, f32 = D // HEADS, torch.float32
-    assert cached_bytes(gqa.cache_k, gqa.cache_v) == kv_cache_bytes(
+    for layer_kv in caches.values():
+        assert layer_kv.nbytes == cached_bytes(*layer_kv.tensors)
+    assert len(caches["gqa"].tensors) == 2 and caches["gqa"].nbytes == kv_cache_bytes(
         kv_cache_bytes_per_token(2, head_dim, f32), 1, tokens, batch
     )
-    assert cached_bytes(swa.cache_k, swa.cache_v) == kv_cache_bytes(
+    assert caches["swa"].nbytes == kv_cache_bytes(
         kv_cache_bytes_per_token(3, head_dim, f32), 1, tokens, batch, window_size=4
     )
-    assert swa.cache_k.shape == (batch, 3, 4, head_dim)
-    assert cached_bytes(mla.cache_latent) == kv_cache_bytes(
+    keys, values = caches["swa"].tensors
+    assert keys.shape == values.shape == (batch, 3, 4, head_dim)
+    assert caches["swa"].length == tokens  # positions seen; only the window is kept
+    (latent,) = caches["mla"].tensors
+    assert latent.shape == (batch, tokens, 5)
+    assert caches["mla"].nbytes == kv_cache_bytes(
         latent_cache_bytes_per_token(5, f32), 1, tokens, batch
     )
-    # A stack of layers: one cache each.
+    # A stack of layers: one LayerKV each.
     layers = [GroupedQueryAttention(D, D, CONTEXT, 0.0, HEADS, num_kv_groups=2) for _ in range(3)]
+    layer_kvs = [LayerKV() for _ in layers]
     with torch.no_grad():
-        for layer in layers:
-            x = layer(x[:, :7], use_cache=True)
-    cache = [t for layer in layers for t in (layer.cache_k, layer.cache_v)]
-    assert cached_bytes(*cache) == kv_cache_bytes(
+        for layer, layer_kv in zip(layers, layer_kvs):
+            x = layer(x[:, :7], layer_kv)
+    assert sum(layer_kv.nbytes for layer_kv in layer_kvs) == kv_cache_bytes(
         kv_cache_bytes_per_token(2, head_dim, f32), 3, 7, batch
     )
 
@@ -277,9 +288,16 @@ def test_notebook_attention_classes_equal_shared(notebook, name):
     torch.manual_seed(5)
     theirs = getattr(variants, name)(*args).eval()
     x = inputs()
+    our_kv, their_kv = LayerKV(), LayerKV()
     with torch.no_grad():
         assert torch.equal(ours(x), theirs(x))
-        assert torch.equal(cached_step_by_step(ours, x), cached_step_by_step(theirs, x))
+        assert torch.equal(
+            cached_step_by_step(ours, x, layer_kv=our_kv),
+            cached_step_by_step(theirs, x, layer_kv=their_kv),
+        )
+    # The same cache protocol: the same tensors kept (the window cut, the latent alone).
+    assert len(our_kv.tensors) == len(their_kv.tensors)
+    assert all(map(torch.equal, our_kv.tensors, their_kv.tensors))
 
 
 def test_notebook_moe_and_formulas_equal_shared(notebook):

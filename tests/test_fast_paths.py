@@ -134,26 +134,35 @@ def test_cached_forward_equals_full_forward(fused):
     model = cached_models()[int(fused)]
     ids = torch.randint(0, CONFIG["vocab_size"], (2, 20))
     full = model(ids)
-    model.reset_kv_cache()
-    pieces = [model(ids[:, a:b], use_cache=True) for a, b in [(0, 7), (7, 8), (8, 13), (13, 20)]]
+    cache = model.new_cache()
+    pieces = [model(ids[:, a:b], cache) for a, b in [(0, 7), (7, 8), (8, 13), (13, 20)]]
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=0)
-    assert model.cached_tokens == 20
+    assert cache.length == 20
+    assert cache.nbytes == 2 * 2 * CONFIG["emb_dim"] * 4 * CONFIG["n_layers"] * 20  # keys, values
 
 
 def test_cache_beyond_context_is_a_clear_error():
     model = cached_models()[0]
-    model.reset_kv_cache()
-    model(torch.zeros(1, 20, dtype=torch.long), use_cache=True)
+    cache = model.new_cache()
+    model(torch.zeros(1, 20, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="after 20 cached tokens.*context_length is 24"):
-        model(torch.zeros(1, 5, dtype=torch.long), use_cache=True)
+        model(torch.zeros(1, 5, dtype=torch.long), cache)
 
 
-def test_reset_empties_the_cache():
+def test_caches_are_independent_so_two_texts_can_interleave():
     model = cached_models()[1]
-    ids = torch.randint(0, CONFIG["vocab_size"], (1, 6))
-    first = model(ids, use_cache=True)
-    model.reset_kv_cache()
-    torch.testing.assert_close(model(ids, use_cache=True), first)
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, 9))
+    first, second = model.new_cache(), model.new_cache()
+    with torch.no_grad():
+        pieces = {0: [model(ids[:1, :5], first)], 1: [model(ids[1:, :3], second)]}
+        pieces[0].append(model(ids[:1, 5:], first))  # one step of one text, then the other's
+        pieces[1].append(model(ids[1:, 3:], second))
+        full = model(ids)
+    for row, cache in ((0, first), (1, second)):
+        assert cache.length == 9
+        torch.testing.assert_close(
+            torch.cat(pieces[row], dim=1), full[row : row + 1], atol=1e-5, rtol=0
+        )
 
 
 def test_stacked_qkv_weights_live_as_long_as_the_cache():
@@ -162,26 +171,27 @@ def test_stacked_qkv_weights_live_as_long_as_the_cache():
     att = fused.trf_blocks[0].att
     stacked = torch.cat([att.W_query.weight, att.W_key.weight, att.W_value.weight])
     with torch.no_grad():
-        fused(ids[:, :4], use_cache=True)
-        kept = att.stacked_qkv
+        cache = fused.new_cache()
+        fused(ids[:, :4], cache)
+        kept = cache.layers[0].derived["stacked_qkv"]
         torch.testing.assert_close(kept[0], stacked, atol=0, rtol=0)
-        fused(ids[:, 4:], use_cache=True)
-        assert att.stacked_qkv is kept  # reused at the next generated token
-        # New weights need a new cache; resetting it restacks them.
+        fused(ids[:, 4:], cache)
+        assert cache.layers[0].derived["stacked_qkv"] is kept  # reused at the next token
+        # New weights need a new cache, which restacks them.
         for model in (plain, fused):
             model.trf_blocks[0].att.W_key.weight.mul_(1.5)
-        fused.reset_kv_cache()
-        assert att.stacked_qkv is None
-        fused(ids[:, :4], use_cache=True)
-        last = fused(ids[:, 4:], use_cache=True)
+        cache = fused.new_cache()
+        fused(ids[:, :4], cache)
+        last = fused(ids[:, 4:], cache)
+    restacked = cache.layers[0].derived["stacked_qkv"][0]
     torch.testing.assert_close(
-        att.stacked_qkv[0][CONFIG["emb_dim"] : 2 * CONFIG["emb_dim"]], att.W_key.weight
+        restacked[CONFIG["emb_dim"] : 2 * CONFIG["emb_dim"]], att.W_key.weight
     )
     torch.testing.assert_close(last[:, -1], plain(ids)[:, -1], atol=1e-5, rtol=0)
     # With autograd on, nothing is kept: the stacked weights are part of the graph.
-    fused.reset_kv_cache()
-    fused(ids, use_cache=True).sum().backward()
-    assert att.stacked_qkv is None and att.W_query.weight.grad is not None
+    cache = fused.new_cache()
+    fused(ids, cache).sum().backward()
+    assert cache.layers[0].derived == {} and att.W_query.weight.grad is not None
 
 
 def test_cached_generation_under_inference_mode():
@@ -247,7 +257,7 @@ def test_kv_cache_attention_without_cache_is_the_plain_module():
     cached.load_state_dict(plain.state_dict())
     x = torch.randn(2, 12, 16)
     assert torch.equal(cached(x), plain(x))
-    assert cached.cache_k is None  # nothing was cached
+    assert list(cached.state_dict()) == list(plain.state_dict())  # weights only, no cache
 
 
 @pytest.fixture(scope="module")
@@ -314,7 +324,7 @@ def test_notebook_memory_formula_matches_the_cache_tensors(kv_notebook):
 
 def test_attention_primitives_match_pytorch():
     from shared.attention import causal_mask
-    from shared.attention_ops import attend, extend_cache, hidden_positions, repeat_kv, split_heads
+    from shared.attention_ops import LayerKV, attend, hidden_positions, repeat_kv, split_heads
 
     torch.manual_seed(0)
     q, k, v = (split_heads(torch.randn(2, 5, 24), 4) for _ in range(3))  # (2, 4, 5, 6) each
@@ -324,7 +334,12 @@ def test_attention_primitives_match_pytorch():
     # The last 2 of 5 positions as new queries after 3 cached keys: the last rows of the above.
     rows = attend(q[:, :, 3:], k, v, hidden_positions(causal_mask(8), 2, 5))
     torch.testing.assert_close(rows, context[:, 3:])
-    assert torch.equal(extend_cache(k[:, :, :3], k[:, :, 3:]), k)
+    layer_kv = LayerKV()
+    layer_kv.extend(k[:, :, :3], v[:, :, :3])
+    keys, values = layer_kv.extend(k[:, :, 3:], v[:, :, 3:])
+    assert torch.equal(keys, k) and torch.equal(values, v) and layer_kv.length == 5
+    layer_kv.keep_last(2)  # a sliding window: fewer positions kept, the same positions seen
+    assert torch.equal(layer_kv.tensors[0], k[:, :, 3:]) and layer_kv.length == 5
     assert torch.equal(repeat_kv(k[:, :2], 2), k[:, [0, 0, 1, 1]])
     with pytest.raises(ValueError, match="9 positions exceed the context_length of 8"):
         hidden_positions(causal_mask(8), 1, 9)
@@ -334,9 +349,10 @@ def test_fused_kernels_mid_generation_keep_the_cache_and_the_cache_comes_first()
     model = path_model("kv cache")
     ids = torch.randint(0, CONFIG["vocab_size"], (1, 9))
     expected = path_model("kv cache, fused")(ids)
-    model(ids[:, :6], use_cache=True)
+    cache = model.new_cache()
+    model(ids[:, :6], cache)
     use_fused_kernels(model)  # the keys and values cached so far stay valid
-    last = model(ids[:, 6:], use_cache=True)
+    last = model(ids[:, 6:], cache)
     torch.testing.assert_close(last, expected[:, 6:], atol=1e-5, rtol=0)
     fused = use_fused_kernels(GPTModel(CONFIG)).trf_blocks[0].att
     with pytest.raises(TypeError, match="add the KV cache first"):

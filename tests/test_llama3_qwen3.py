@@ -127,10 +127,9 @@ def test_cached_logits_equal_the_full_forward_pass(pair):
     ids = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = course(ids)
-        course.reset_kv_cache()
-        steps = [course(ids[:, :12], use_cache=True)]
-        steps += [course(ids[:, i : i + 1], use_cache=True) for i in range(12, 20)]
-        course.reset_kv_cache()
+        cache = course.new_cache()
+        steps = [course(ids[:, :12], cache)]
+        steps += [course(ids[:, i : i + 1], cache) for i in range(12, 20)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
 
 
@@ -206,9 +205,10 @@ def test_context_longer_than_the_rope_table_is_refused_by_value():
     model = Llama3Model(tiny_cfg()).eval()
     with pytest.raises(ValueError, match="input has 49 tokens but .* is 48"):
         model(torch.zeros(1, 49, dtype=torch.long))
-    model(torch.zeros(1, 40, dtype=torch.long), use_cache=True)
+    cache = model.new_cache()
+    model(torch.zeros(1, 40, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="input has 9 tokens after 40 cached tokens .* is 48"):
-        model(torch.zeros(1, 9, dtype=torch.long), use_cache=True)
+        model(torch.zeros(1, 9, dtype=torch.long), cache)
 
 
 def test_the_shared_causal_mask_grows_by_doubling_and_a_sampled_one_trains():

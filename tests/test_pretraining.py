@@ -237,15 +237,15 @@ def test_generate_tokens_stops_before_eos_and_checks_at_the_call():
         generate_tokens(model, idx, 1, 16, use_cache=True)
 
 
-def test_generate_tokens_closed_early_empties_the_cache():
+def test_two_cached_generations_interleave_on_one_model():
     torch.manual_seed(123)
     model = KVCacheGPTModel(TINY).eval()
-    steps = generate_tokens(model, torch.tensor([[1, 2, 3]]), 10, 16, use_cache=True)
-    next(steps), next(steps)
-    assert model.cached_tokens == 4  # the prompt and the first new token
-    steps.close()
-    assert model.cached_tokens == 0
-    assert all(block.att.cache_k is None for block in model.trf_blocks)
+    prompts = torch.tensor([[1, 2, 3]]), torch.tensor([[7, 8]])
+    alone = [generate(model, prompt, 16, 16, use_cache=True) for prompt in prompts]
+    streams = [generate_tokens(model, prompt, 16, 16, use_cache=True) for prompt in prompts]
+    steps = list(zip(*streams))  # a step of one, then a step of the other, and the window slides
+    for i, prompt in enumerate(prompts):
+        assert torch.equal(torch.cat([prompt, *(pair[i] for pair in steps)], dim=1), alone[i])
 
 
 # Training
