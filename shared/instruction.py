@@ -185,14 +185,22 @@ def create_instruction_dataloader(
     device: str | torch.device = "cpu",
     style: str = "alpaca",
     num_workers: int = 0,
+    *,
+    dataset: Callable[..., Dataset] | None = None,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     """DataLoader over InstructionDataset(data) batched by custom_collate_fn.
 
-    Yields (inputs, targets), each (b, n) int64 on ``device``.
+    Yields (inputs, targets), each (b, n) int64 on ``device``. dataset and collate_fn replace
+    InstructionDataset and custom_collate_fn (shared.preference's loader does), with the same
+    options.
     """
-    collate = partial(custom_collate_fn, allowed_max_length=allowed_max_length, device=device)
+    dataset = dataset or InstructionDataset
+    collate = partial(
+        collate_fn or custom_collate_fn, allowed_max_length=allowed_max_length, device=device
+    )
     return DataLoader(
-        InstructionDataset(data, tokenizer, style=style),
+        dataset(data, tokenizer, style=style),
         batch_size=batch_size,
         collate_fn=collate,
         shuffle=shuffle,

@@ -21,7 +21,6 @@ import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,6 +35,7 @@ from tqdm import tqdm
 from shared.data import fetch
 from shared.instruction import (
     END_OF_TEXT_ID,
+    create_instruction_dataloader,
     custom_collate_fn,
     format_prompt,
     validate_entries,
@@ -155,27 +155,12 @@ def preference_collate_fn(
     return PreferenceBatch(*tensors)
 
 
-def create_preference_dataloader(
-    data: Sequence[dict],
-    tokenizer,
-    batch_size: int = 8,
-    shuffle: bool = False,
-    drop_last: bool = False,
-    allowed_max_length: int | None = 1024,
-    device: str | torch.device = "cpu",
-    style: str = "alpaca",
-    num_workers: int = 0,
-) -> DataLoader:
+def create_preference_dataloader(data: Sequence[dict], tokenizer, **options) -> DataLoader:
     """DataLoader over PreferenceDataset(data) batched by preference_collate_fn: yields
-    PreferenceBatch objects on ``device``."""
-    collate = partial(preference_collate_fn, allowed_max_length=allowed_max_length, device=device)
-    return DataLoader(
-        PreferenceDataset(data, tokenizer, style=style),
-        batch_size=batch_size,
-        collate_fn=collate,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        num_workers=num_workers,
+    PreferenceBatch objects on ``device``. options: those of create_instruction_dataloader
+    (batch_size, shuffle, drop_last, allowed_max_length, device, style, num_workers)."""
+    return create_instruction_dataloader(
+        data, tokenizer, **options, dataset=PreferenceDataset, collate_fn=preference_collate_fn
     )
 
 
