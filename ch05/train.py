@@ -64,8 +64,6 @@ from shared.distributed import (
 from shared.fused_kernels import use_fused_kernels
 from shared.gpt import GPTModel
 from shared.pretraining import (
-    calc_loss_batch,
-    evaluate_model,
     generate_and_print_sample,
     load_checkpoint,
     plot_losses,
@@ -74,13 +72,11 @@ from shared.pretraining import (
 )
 from shared.speed import (
     TrainingOptions,
-    accumulation_groups,
-    apply_lr_schedule,
-    autocast_context,
     enable_tf32,
     make_adamw,
+    new_progress,
     steps_per_epoch,
-    train_step,
+    train_epoch,
     unwrap_model,
 )
 from shared.tokenizers import END_OF_TEXT, gpt2_tokenizer
@@ -329,19 +325,6 @@ def build_model_and_optimizer(config: dict, args: argparse.Namespace, device):
     return model, optimizer
 
 
-def new_state() -> dict:
-    """Training progress as stored in checkpoints: epochs done, steps, tokens, loss history."""
-    return {
-        "epoch": 0,
-        "global_step": 0,
-        "tokens_seen": 0,
-        "train_losses": [],
-        "val_losses": [],
-        "track_tokens_seen": [],
-        "track_epochs": [],
-    }
-
-
 def resume_state(path: Path, model, optimizer, config: dict, device) -> dict:
     """Load model and optimizer from a checkpoint of the same config; return its progress."""
     saved_config = read_checkpoint_extra(path).get("config")
@@ -351,50 +334,13 @@ def resume_state(path: Path, model, optimizer, config: dict, device) -> dict:
             "pass the same --size, --context-length and --dropout to resume"
         )
     extra = load_checkpoint(path, model, optimizer, map_location=device)
-    return {key: extra[key] for key in new_state()}
+    return {key: extra[key] for key in new_progress()}
 
 
 def log(message: str) -> None:
     """Print on the main process only (rank 0 under torchrun)."""
     if is_main_process():
         tqdm.write(message)
-
-
-def train_epoch(
-    model, optimizer, train_loader, val_loader, state: dict, args, device, bar, total_steps: int
-) -> None:
-    """One pass over train_loader; updates state's counters and loss history in place.
-
-    model may be wrapped (DistributedDataParallel, torch.compile); evaluation uses the plain
-    model inside, on this process's loaders (see shared.speed.train_model).
-    """
-    options = args.options
-    plain_model = unwrap_model(model)
-    steps = steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
-    processes = get_world_size()
-    model.train()
-    for i, batches in enumerate(accumulation_groups(train_loader, options.grad_accumulation_steps)):
-        apply_lr_schedule(optimizer, state["global_step"], total_steps, options)
-        loss = train_step(model, batches, optimizer, device, options, loss_fn=calc_loss_batch)
-        state["tokens_seen"] += sum(inputs.numel() for inputs, _ in batches) * processes
-        if state["global_step"] % args.eval_freq == 0:
-            with autocast_context(device, options.bf16):
-                train_loss, val_loss = evaluate_model(
-                    plain_model, train_loader, val_loader, device, args.eval_iter
-                )
-            state["train_losses"].append(train_loss)
-            state["val_losses"].append(val_loss)
-            state["track_tokens_seen"].append(state["tokens_seen"])
-            state["track_epochs"].append(state["epoch"] + (i + 1) / steps)
-            log(
-                f"Ep {state['epoch'] + 1} (Step {state['global_step']:06d}): "
-                f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}"
-            )
-        state["global_step"] += 1
-        bar.update(1)
-        if is_main_process():
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    state["epoch"] += 1
 
 
 def save_progress(model, optimizer, config: dict, state: dict, checkpoint_dir: Path) -> None:
@@ -424,18 +370,18 @@ def train(model, optimizer, train_loader, val_loader, config, state, args, devic
         for epoch in range(state["epoch"], args.epochs):
             # Data order and dropout depend on the epoch alone: the same with --resume.
             torch.manual_seed((args.seed + epoch) * processes + rank)
-            if isinstance(train_loader.sampler, DistributedSampler):
-                train_loader.sampler.set_epoch(epoch)
             train_epoch(
                 step_model,
-                optimizer,
                 train_loader,
                 val_loader,
-                state,
-                args,
+                optimizer,
                 device,
-                bar,
-                args.epochs * steps,
+                state,
+                eval_freq=args.eval_freq,
+                eval_iter=args.eval_iter,
+                total_steps=args.epochs * steps,
+                options=args.options,
+                bar=bar,
             )
             if is_main_process():
                 plain_model = unwrap_model(model)
@@ -458,7 +404,7 @@ def setup(args: argparse.Namespace, device):
     else:
         if args.resume:
             log(f"No checkpoint at {checkpoint}; starting from scratch")
-        state = new_state()
+        state = new_progress()
     return config, train_loader, val_loader, model, optimizer, state
 
 

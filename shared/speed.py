@@ -13,7 +13,6 @@ Shapes: b = batch size (rows of one micro-batch), n = number of tokens.
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -261,35 +260,101 @@ def train_model(
     """
     options = options or TrainingOptions()
     check_training_args(train_loader, eval_freq, eval_iter)
-    train_losses, val_losses, track_tokens_seen = [], [], []
-    tokens_seen, global_step = 0, 0
     plain_model = unwrap_model(model)
     step_model = torch.compile(model) if options.compile else model
-    main, processes = is_main_process(), get_world_size()
     total_steps = num_epochs * steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
-    sampler = getattr(train_loader, "sampler", None)
-    evaluate = functools.partial(  # (epoch, step) -> (train loss, val loss), printed on rank 0
-        evaluate_and_print, plain_model, train_loader, val_loader, device, eval_iter, show=main
-    )
-
-    model.train()
-    with tqdm(total=total_steps, desc="Training", unit="step", disable=not main) as bar:
-        for epoch in range(num_epochs):
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            for batches in accumulation_groups(train_loader, options.grad_accumulation_steps):
-                apply_lr_schedule(optimizer, global_step, total_steps, options)
-                train_step(step_model, batches, optimizer, device, options, loss_fn=calc_loss_batch)
-                tokens_seen += sum(inputs.numel() for inputs, _ in batches) * processes
-
-                if global_step % eval_freq == 0:
-                    with autocast_context(device, options.bf16):
-                        losses = evaluate(epoch, global_step)
-                    train_losses.append(losses[0])
-                    val_losses.append(losses[1])
-                    track_tokens_seen.append(tokens_seen)
-                global_step += 1
-                bar.update(1)
-            if main and start_context is not None:
+    progress = new_progress()
+    with tqdm(
+        total=total_steps, desc="Training", unit="step", disable=not is_main_process()
+    ) as bar:
+        for _ in range(num_epochs):
+            train_epoch(
+                step_model,
+                train_loader,
+                val_loader,
+                optimizer,
+                device,
+                progress,
+                eval_freq=eval_freq,
+                eval_iter=eval_iter,
+                total_steps=total_steps,
+                options=options,
+                bar=bar,
+            )
+            if is_main_process() and start_context is not None:
                 generate_and_print_sample(plain_model, tokenizer, device, start_context)
-    return train_losses, val_losses, track_tokens_seen
+    return progress["train_losses"], progress["val_losses"], progress["track_tokens_seen"]
+
+
+def new_progress() -> dict:
+    """A training run's progress as train_epoch updates it (and ch05/train.py's checkpoints
+    store it): epochs done, optimizer steps, tokens seen, and for each evaluation the training
+    and validation loss, the tokens seen and the epoch reached (fractional)."""
+    return {
+        "epoch": 0,
+        "global_step": 0,
+        "tokens_seen": 0,
+        "train_losses": [],
+        "val_losses": [],
+        "track_tokens_seen": [],
+        "track_epochs": [],
+    }
+
+
+def train_epoch(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    optimizer: torch.optim.Optimizer,
+    device,
+    progress: dict,
+    *,
+    eval_freq: int,
+    eval_iter: int,
+    total_steps: int,
+    options: TrainingOptions | None = None,
+    bar: tqdm | None = None,
+) -> None:
+    """One pass over train_loader: one train_step per accumulation group, the learning-rate
+    schedule spread over total_steps, and every eval_freq steps (counted over the whole run) an
+    evaluation on eval_iter batches of each loader, printed on rank 0. Updates progress
+    (new_progress) in place, its epoch last; bar: a tqdm bar to advance, showing the loss.
+
+    model may be wrapped (DistributedDataParallel, torch.compile): evaluation uses the plain
+    model inside, on this process's own loaders (see train_model). A DistributedSampler's
+    set_epoch gets progress["epoch"].
+    """
+    options = options or TrainingOptions()
+    plain_model = unwrap_model(model)
+    steps = steps_per_epoch(len(train_loader), options.grad_accumulation_steps)
+    processes, epoch = get_world_size(), progress["epoch"]
+    sampler = getattr(train_loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    model.train()
+    for i, batches in enumerate(accumulation_groups(train_loader, options.grad_accumulation_steps)):
+        step = progress["global_step"]
+        apply_lr_schedule(optimizer, step, total_steps, options)
+        loss = train_step(model, batches, optimizer, device, options, loss_fn=calc_loss_batch)
+        progress["tokens_seen"] += sum(inputs.numel() for inputs, _ in batches) * processes
+        if step % eval_freq == 0:
+            with autocast_context(device, options.bf16):
+                train_loss, val_loss = evaluate_and_print(
+                    plain_model,
+                    train_loader,
+                    val_loader,
+                    device,
+                    eval_iter,
+                    epoch,
+                    step,
+                    show=is_main_process(),
+                )
+            progress["train_losses"].append(train_loss)
+            progress["val_losses"].append(val_loss)
+            progress["track_tokens_seen"].append(progress["tokens_seen"])
+            progress["track_epochs"].append(epoch + (i + 1) / steps)
+        progress["global_step"] = step + 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    progress["epoch"] = epoch + 1
