@@ -60,10 +60,11 @@ class LayerKV:
     def extend(self, *new: torch.Tensor, dim: int = 2) -> tuple[torch.Tensor, ...]:
         """Append the new positions (each tensor's dim) to the cached tensors and return all of
         them, cached + new, in the order given."""
-        self.length += new[0].shape[dim]
+        added = new[0].shape[dim]
         if self.tensors:
             new = tuple(torch.cat([old, t], dim=dim) for old, t in zip(self.tensors, new))
         self.tensors = new
+        self.length += added
         return new
 
     def keep_last(self, count: int, dim: int = 2) -> None:

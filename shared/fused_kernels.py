@@ -7,7 +7,7 @@ runs several operations:
 - GELU -> FusedGELU: torch.nn.functional.gelu in the same tanh approximation;
 - MultiHeadAttention -> shared.fast_attention.FusedMultiHeadAttention: one product for the
   queries, keys and values, and scaled_dot_product_attention (KVCacheMultiHeadAttention computes
-  the same way with its cache).
+  the same way, reading and extending a LayerKV).
 Each twin subclasses the chapter's class and only overrides forward, so the model keeps its
 weights, state_dict, device and dtype, and computes the same up to float rounding.
 """
@@ -54,5 +54,4 @@ def use_fused_kernels(model: nn.Module) -> nn.Module:
             swap_class(module, FUSED_TWINS[type(module)])
         elif type(module) is KVCacheMultiHeadAttention:
             module.fused = True  # its cached keys and values stay valid: same weights
-            module.stacked_qkv = None
     return model

@@ -107,8 +107,8 @@ class RoPEGroupedQueryAttention(nn.Module):
     (cached + new). With a layer_kv (shared.attention_ops.LayerKV), x's tokens sit at the
     positions after the layer_kv.length it has seen, their rotated keys and their values are
     appended to it, and they attend to every position up to their own. The cache holds g
-    heads, not h: that is what GQA saves. (shared.attention_variants.GroupedQueryAttention is the GPT-2 one: a
-    MultiHeadAttention subclass with its arguments, no RoPE.)
+    heads, not h: that is what GQA saves. (shared.attention_variants.GroupedQueryAttention is
+    the GPT-2 one: a MultiHeadAttention subclass with its arguments, no RoPE.)
     """
 
     def __init__(
@@ -234,13 +234,17 @@ class OpenDecoderModel(nn.Module):
         """shared.attention.causal_mask of at least num_keys (<= context_length) positions.
 
         Built on first need and doubled when outgrown, so generating token by token rebuilds it
-        a few times rather than at every step.
+        a few times rather than at every step. Safe when generations run in threads: each
+        call returns a mask it has checked, and a smaller one never replaces a larger one.
         """
-        if self.mask.shape[0] < num_keys:
-            size = min(self.context_length, max(num_keys, 2 * self.mask.shape[0]))
+        mask = self.mask
+        if mask.shape[0] < num_keys:
+            size = min(self.context_length, max(num_keys, 2 * mask.shape[0]))
             with torch.inference_mode(False):  # one made while sampling must serve training too
-                self.mask = causal_mask(size).to(self.mask.device)
-        return self.mask
+                mask = causal_mask(size).to(mask.device)
+            if mask.shape[0] > self.mask.shape[0]:
+                self.mask = mask
+        return mask
 
     def new_cache(self) -> KVCache:
         """An empty key/value cache for one batch of texts."""

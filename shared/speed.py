@@ -4,8 +4,9 @@
 ``torch.compile``, gradient accumulation, learning-rate warmup and cosine decay, gradient
 clipping). Every option is off by default, and then a step is exactly the book's:
 ``zero_grad``, loss, ``backward``, ``step``. ``train_step`` performs one optimizer step with the
-options, given the loss function (Chapter 5's ``calc_loss_batch``); ``train_model`` is Chapter
-5's ``train_model_simple`` built on it (and on data parallelism); ``ch05/train.py`` steps with it.
+options, given the loss function (Chapter 5's ``calc_loss_batch``); ``train_epoch`` is one pass
+over the data with them; ``train_model`` is Chapter 5's ``train_model_simple`` built on it (and on
+data parallelism), and ``ch05/train.py`` (checkpoints, resuming) trains epoch by epoch with it.
 
 Shapes: b = batch size (rows of one micro-batch), n = number of tokens.
 """
@@ -354,7 +355,7 @@ def train_epoch(
             progress["track_tokens_seen"].append(progress["tokens_seen"])
             progress["track_epochs"].append(epoch + (i + 1) / steps)
         progress["global_step"] = step + 1
-        if bar is not None:
-            bar.update(1)
+        if bar is not None and not bar.disable:  # reading the loss waits for the device
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            bar.update(1)
     progress["epoch"] = epoch + 1
