@@ -14,6 +14,7 @@ Usage: python setup/python_environment_check.py [--requirements FILE]
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from importlib import metadata
@@ -135,7 +136,9 @@ def describe_device() -> str:
     try:
         from shared.device import get_device
     except ImportError:  # the course package is not installed: the same choice, by hand
-        if torch.cuda.is_available():
+        if os.environ.get("LLM_COURSE_DEVICE", "").strip():
+            device = torch.device(os.environ["LLM_COURSE_DEVICE"].strip())
+        elif torch.cuda.is_available():
             device = torch.device("cuda")
         elif torch.backends.mps.is_available():
             device = torch.device("mps")

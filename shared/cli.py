@@ -26,9 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from shared.data import DataUnavailableError
+from shared.device import check_device
 from shared.gpt import GPT2_MODEL_CONFIGS
 
 if TYPE_CHECKING:  # the weights module is imported by gpt2_from_options, for the scripts using it
@@ -95,19 +94,11 @@ def port_number(text: str) -> int:
 
 def device_name(text: str) -> str:
     """argparse type of --device: a device PyTorch knows and this machine has (cpu, cuda,
-    cuda:1, mps, ...); the name as given."""
+    cuda:1, mps, ...; shared.device.check_device); the name as given."""
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(
-            f"unknown device {text!r}; use cpu, cuda, cuda:N or mps"
-        ) from None
-    present = {
-        "cuda": (device.index or 0) < torch.cuda.device_count(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if not present.get(device.type, True):
-        raise argparse.ArgumentTypeError(f"this machine has no {text} device")
+        check_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 
@@ -147,7 +138,8 @@ OPTIONS: dict[str, dict] = {
     "--output": dict(type=Path, help="where to save the trained model"),
     "--device": dict(
         type=device_name,
-        help="cpu, cuda, cuda:1, mps, ... (default: cuda if available, then mps, else cpu)",
+        help="cpu, cuda, cuda:1, mps, ... (default: $LLM_COURSE_DEVICE if set, else cuda if "
+        "available, then mps, else cpu)",
     ),
     "--seed": dict(type=int, help="random seed: the same seed repeats a run"),
     "--data": dict(type=Path, help="the training data, in the format described above"),

@@ -15,7 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from shared.device import get_device
+from shared.device import DEVICE_ENV, get_device
 
 _TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 
@@ -29,7 +29,8 @@ def setup_distributed(device: str | None = None) -> tuple[int, int, int, torch.d
     """Join torchrun's process group; return (rank, local_rank, world_size, device).
 
     Under torchrun: CUDA (when available and device is None or "cuda") gives each process the
-    GPU cuda:LOCAL_RANK and the NCCL backend; device "cpu", or no GPU, gives the CPU and gloo.
+    GPU cuda:LOCAL_RANK and the NCCL backend; device "cpu", or no GPU, gives the CPU and gloo
+    (device None: $LLM_COURSE_DEVICE when set, as in get_device).
     Other devices (mps) cannot train data-parallel: ValueError.
     Without torchrun: (0, 0, 1, device), device being the given one or shared.device.get_device().
     """
@@ -38,6 +39,7 @@ def setup_distributed(device: str | None = None) -> tuple[int, int, int, torch.d
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ["LOCAL_RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
+    device = device or os.environ.get(DEVICE_ENV, "").strip()  # as get_device does
     requested = torch.device(device).type if device else None
     if requested not in (None, "cuda", "cpu"):
         raise ValueError(

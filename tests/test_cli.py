@@ -63,6 +63,7 @@ SCRIPTS = [
     "ch07/score_responses.py",
     "ch07/app.py",
     "setup/execute_notebooks.py",
+    "setup/device_check.py",
 ]
 NO_MODEL = {"ch07/score_responses.py", "setup/execute_notebooks.py"}  # so no --device
 # They read no file, data or weights: argparse's usage error covers every bad input they take.
