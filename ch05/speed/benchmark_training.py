@@ -45,6 +45,7 @@ from shared.cli import (
     positive_int,
 )
 from shared.device import get_device, synchronize
+from shared.flops import matmul_peak, training_flops
 from shared.fused_kernels import use_fused_kernels
 from shared.gpt import GPT2_MODEL_CONFIGS, GPTModel
 from shared.speed import make_adamw
@@ -99,32 +100,6 @@ def gpt2_shape(size: str, layers: int | None = None) -> dict:
     if layers is not None:
         cfg["n_layers"] = layers
     return cfg
-
-
-def matmul_peak(dtype: torch.dtype, device: torch.device, n: int, seconds: float = 3.0) -> float:
-    """Best FLOP/s of an n x n matrix product in dtype, over about `seconds` of repeats."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        synchronize(device)
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-def training_flops_per_token(cfg: dict, context: int) -> float:
-    """Matmul FLOPs of one training token: 6 per weight of every matrix product (forward and
-    backward, output layer included, embedding lookups excluded) plus attention's
-    12 * layers * context * emb_dim (the usual convention for model FLOPs utilisation)."""
-    d, layers, vocab = cfg["emb_dim"], cfg["n_layers"], cfg["vocab_size"]
-    matmul_weights = layers * 12 * d * d + d * vocab
-    return 6 * matmul_weights + 12 * layers * context * d
 
 
 class NanoStyleBlock(nn.Module):
@@ -391,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         False: matmul_peak(torch.float32, device, args.matmul_size, args.peak_seconds),
         True: matmul_peak(torch.bfloat16, device, args.matmul_size, args.peak_seconds),
     }
-    flops_per_token = training_flops_per_token(cfg, args.context_length)
+    flops_per_token = training_flops(cfg, args.context_length) / args.context_length
     tokens_per_step = args.batch_size * args.context_length
     print(
         f"GPT-2 {args.size} shape ({cfg['n_layers']} blocks), context {args.context_length}, "
