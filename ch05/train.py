@@ -364,6 +364,12 @@ def train(model, optimizer, train_loader, val_loader, config, state, args, devic
     step_model = torch.compile(model) if args.options.compile else model
     steps = steps_per_epoch(len(train_loader), args.options.grad_accumulation_steps)
     remaining = args.epochs - state["epoch"]
+    schedule = dict(  # the same in every epoch: the schedule spans all args.epochs
+        eval_freq=args.eval_freq,
+        eval_iter=args.eval_iter,
+        total_steps=args.epochs * steps,
+        options=args.options,
+    )
     with tqdm(
         total=remaining * steps, desc="Training", unit="step", disable=not is_main_process()
     ) as bar:
@@ -371,17 +377,7 @@ def train(model, optimizer, train_loader, val_loader, config, state, args, devic
             # Data order and dropout depend on the epoch alone: the same with --resume.
             torch.manual_seed((args.seed + epoch) * processes + rank)
             train_epoch(
-                step_model,
-                train_loader,
-                val_loader,
-                optimizer,
-                device,
-                state,
-                eval_freq=args.eval_freq,
-                eval_iter=args.eval_iter,
-                total_steps=args.epochs * steps,
-                options=args.options,
-                bar=bar,
+                step_model, train_loader, val_loader, optimizer, device, state, bar=bar, **schedule
             )
             if is_main_process():
                 plain_model = unwrap_model(model)
