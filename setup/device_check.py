@@ -9,10 +9,13 @@ Trains the same small GPTModel (same seed, same batches, AdamW) for a few steps 
 on the device, then compares the loss of every step and the gradients of the first step. On
 correct hardware and software the two differ only by float32 rounding: against float64, this
 check's run is off by 6e-8 (relative) in its losses and 3e-7 in its gradients, measured on the
-CPU. The check allows 1e-3 (TOLERANCE), thousands of times more, and still catches what readers
-of the book have met on Apple's mps device: a chapter 7 training loss of 19.88 on mps against
-3.83 on the CPU (rasbt/LLMs-from-scratch issue 791, an Apple M4 with PyTorch 2.8.0). Exits with status 1 when they disagree, saying what to do: update PyTorch, or run
-the course on the CPU with LLM_COURSE_DEVICE=cpu (or --device cpu in the scripts).
+CPU. The check allows 1e-3 (TOLERANCE), thousands of times more, yet flags errors of the kind
+readers of the book have met on Apple's mps device: a chapter 7 training loss of 19.88 on mps
+against 3.83 on the CPU (rasbt/LLMs-from-scratch issue 791, an Apple M4 with PyTorch 2.8.0).
+A pass shows that this small model trains alike on both; some device bugs appear only at other
+shapes, so a chapter whose losses look wrong on a GPU is worth running once on the CPU too.
+Exits with status 1 when they disagree, saying what to do: update PyTorch, or run the course on
+the CPU with LLM_COURSE_DEVICE=cpu (or --device cpu in the scripts).
 """
 
 from __future__ import annotations
