@@ -23,6 +23,7 @@ shared.lora            low-rank adaptation (LoRA): LoRALinear, add_lora, merge_l
 shared.preference      preference tuning with DPO: pairs, log-probabilities, loss, training (ch07)
 shared.rope, shared.open_models, shared.llama3, shared.qwen3: RoPE; Llama 3.2 and Qwen3 from scratch (ch05 bonus)
 shared.figures         the course's own diagrams, drawn from code (all chapters)
+shared.practice        one-line checks of a learner's own code, for the practice notebooks (ch02-ch07)
 shared.apps            the browser apps' loader, token streaming and page parts (ch05-ch07; needs [apps])
 """
 
