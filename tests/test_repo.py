@@ -331,5 +331,6 @@ def attention_softmax_files() -> set[str]:
 
 def test_masked_attention_is_written_once_beside_the_chapter():
     """Chapter 3's classes spell attention out for the reader; every other attention layer calls
-    shared.attention_ops.attend (or PyTorch's scaled_dot_product_attention)."""
-    assert attention_softmax_files() == {"attention.py", "attention_ops.py"}
+    shared.attention_ops.attend (or PyTorch's scaled_dot_product_attention). shared.practice is no
+    layer: it recomputes attention with the mistakes learners make, to name the one they made."""
+    assert attention_softmax_files() == {"attention.py", "attention_ops.py", "practice.py"}
