@@ -143,8 +143,20 @@ def _shape(t) -> str:
 
 def _tensor(value, what: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
-        raise Mistake(f"{what} returned {type(value).__name__}, not a tensor")
+        raise Mistake(f"{what} is a {type(value).__name__}, not a tensor")
     return value
+
+
+def _given(candidate, kind: str, check: str) -> str:
+    """The name of the class or function a check was given; a Mistake when it is something
+    else (an instance of the class, the result of calling the function, ...)."""
+    wanted = isinstance(candidate, type) if kind == "class" else callable(candidate)
+    if not wanted or isinstance(candidate, nn.Module):
+        raise Mistake(
+            f"pass the {kind} itself, not a {type(candidate).__name__} object: "
+            f"check.{check}(YourName), without parentheses after YourName"
+        )
+    return getattr(candidate, "__name__", kind)
 
 
 def _copy_parameters(mine: nn.Module, reference: nn.Module, name: str) -> None:
@@ -219,6 +231,7 @@ class _NumberedTokenizer:
 def sliding_window_dataset(dataset_class) -> None:
     """Check a GPTDatasetV1-like class: dataset_class(txt, tokenizer, max_length, stride), items
     (input_ids, target_ids), both (max_length,) token-id tensors, targets shifted by one."""
+    _given(dataset_class, "class", "sliding_window_dataset")
     from shared.dataset import GPTDatasetV1
 
     tokenizer = _NumberedTokenizer()
@@ -460,7 +473,7 @@ def _check_attention(attention_class, reference_class, num_heads: int | None) ->
     x = torch.randn(b, n, d_in)
     run = f"forward on x of shape {_shape(x)}"
     with _running(run, _mask_hint(n, context_length)), torch.no_grad():
-        out = _tensor(mine(x), "forward")
+        out = _tensor(mine(x), "forward's output")
     expected = (b, n, d_out)
     if tuple(out.shape) != expected:
         if num_heads is not None and out.dim() == 4:
@@ -537,6 +550,7 @@ def causal_attention(attention_class) -> None:
     """Check a CausalAttention-like class: attention_class(d_in, d_out, context_length,
     dropout, qkv_bias=False) with W_query, W_key, W_value; forward x (b, n, d_in) ->
     (b, n, d_out)."""
+    _given(attention_class, "class", "causal_attention")
     from shared.attention import CausalAttention
 
     _check_attention(attention_class, CausalAttention, num_heads=None)
@@ -551,6 +565,7 @@ def multi_head_attention(attention_class) -> None:
     """Check a MultiHeadAttention-like class: attention_class(d_in, d_out, context_length,
     dropout, num_heads, qkv_bias=False) with W_query, W_key, W_value, out_proj; forward
     x (b, n, d_in) -> (b, n, d_out)."""
+    _given(attention_class, "class", "multi_head_attention")
     from shared.attention import MultiHeadAttention
 
     _check_attention(attention_class, MultiHeadAttention, num_heads=2)
@@ -615,6 +630,7 @@ LAYER_NORM_MISTAKES = [
 def layer_norm(layer_norm_class) -> None:
     """Check a LayerNorm-like class: layer_norm_class(emb_dim) with parameters scale and shift
     (emb_dim,); forward x (..., emb_dim) -> same shape."""
+    _given(layer_norm_class, "class", "layer_norm")
     from shared.gpt import LayerNorm
 
     emb_dim = 8
@@ -630,7 +646,7 @@ def layer_norm(layer_norm_class) -> None:
     x[1, 0] = 5.0  # a constant row: variance 0
     x[1, 2] = 0.01 * torch.randn(emb_dim)  # variance 1e-4, where eps matters
     with _running(f"forward on x of shape {_shape(x)}", _keepdim_hint), torch.no_grad():
-        out = _tensor(mine(x), "forward")
+        out = _tensor(mine(x), "forward's output")
         expected = reference(x)
     if out.shape != expected.shape:
         raise Mistake(f"shapes {_shape(out)} vs expected {_shape(expected)}")
@@ -732,6 +748,7 @@ BLOCK_MISTAKES = [
 def transformer_block(block_class) -> None:
     """Check a TransformerBlock-like class: block_class(cfg) with att, ff, norm1, norm2,
     drop_shortcut; forward x (b, n, emb_dim) -> same shape."""
+    _given(block_class, "class", "transformer_block")
     from shared.gpt import TransformerBlock
 
     cfg = BLOCK_CONFIG
@@ -748,7 +765,7 @@ def transformer_block(block_class) -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 6, cfg["emb_dim"])
     with _running(f"forward on x of shape {_shape(x)}"), torch.no_grad():
-        out = _tensor(mine(x), "forward")
+        out = _tensor(mine(x), "forward's output")
         expected = reference(x)
     if out.shape != expected.shape:
         raise Mistake(f"shapes {_shape(out)} vs expected {_shape(expected)}")
@@ -818,7 +835,7 @@ def _scalar_loss(value, what: str) -> torch.Tensor:
             f"{what} returned a Python number ({value:.4g}), not a tensor: return the loss tensor "
             "(no .item()), so that loss.backward() can compute the gradients"
         )
-    loss = _tensor(value, what)
+    loss = _tensor(value, f"the result of {what}")
     if loss.numel() != 1 or loss.dim() != 0:
         raise Mistake(
             f"{what} returned shape {_shape(loss)}: the loss of a batch is one number, the mean "
@@ -844,6 +861,7 @@ def _ce(logits, targets, **options) -> torch.Tensor:
 )
 def loss_batch(calc_loss_batch) -> None:
     """Check a calc_loss_batch(input_batch, target_batch, model, device) -> scalar tensor."""
+    _given(calc_loss_batch, "function", "loss_batch")
     from shared.pretraining import calc_loss_batch as reference
 
     model = _tiny_gpt()
@@ -923,6 +941,7 @@ def _top_k_hint(error: Exception) -> str:
 def top_k_sampling(sample) -> None:
     """Check sample(logits (b, V), top_k, temperature > 0) -> next token ids (b, 1): a draw from
     softmax(logits / temperature) restricted to the top_k largest logits of each row."""
+    _given(sample, "function", "top_k_sampling")
     rows = torch.tensor(
         [[2.0, 1.0, 0.5, 3.0, -1.0, 0.0], [0.0, 2.5, -0.5, 1.0, 2.0, 0.2]]
     )  # top 3: tokens 3, 0, 1 and 1, 4, 3
@@ -932,7 +951,7 @@ def top_k_sampling(sample) -> None:
     call = f"{sample.__name__}(logits of shape {_shape(logits)}, top_k={top_k}, temperature={temperature})"
     torch.manual_seed(123)
     with _running(call, _top_k_hint):
-        ids = _tensor(sample(given, top_k, temperature), call)
+        ids = _tensor(sample(given, top_k, temperature), f"the result of {call}")
     if not torch.equal(given, logits):
         raise Mistake(
             "it changed the logits passed in (an in-place assignment or masked_fill_): work on a "
@@ -1002,6 +1021,7 @@ def top_k_sampling(sample) -> None:
 def classifier_loss(calc_loss_batch) -> None:
     """Check a calc_loss_batch(input_batch (b, n), labels (b,), model, device) -> scalar
     tensor, for a model whose logits are (b, n, num_classes)."""
+    _given(calc_loss_batch, "function", "classifier_loss")
     from shared.classification import calc_classification_loss_batch as reference
 
     model = _tiny_gpt(num_classes=2)
@@ -1055,6 +1075,7 @@ def _rows(t: torch.Tensor) -> list:
 def instruction_collate(collate) -> None:
     """Check a custom_collate_fn(batch, pad_token_id=50256, ignore_index=-100,
     allowed_max_length=None, device="cpu") -> (inputs, targets), each (b, n) int64."""
+    _given(collate, "function", "instruction_collate")
     from shared.instruction import custom_collate_fn as reference
 
     batch = [[11, 12, 13, 14, 15], [21, 22], [31, 32, 33]]

@@ -652,3 +652,23 @@ def test_a_check_leaves_the_callers_random_numbers_alone(capsys):
 def test_the_outcome_shows_nothing_more_as_a_cells_value():
     outcome = practice.Outcome("x", practice.PASSED, "✓ x: right.")
     assert outcome._ipython_display_() is None and str(outcome) == "✓ x: right."
+
+
+def test_an_instance_or_a_value_instead_of_the_class_or_function_is_named(capsys):
+    module = attention.CausalAttention(3, 2, 8, 0.0)
+    outcome = outcome_of(practice.causal_attention, module, capsys)
+    assert outcome.message == (
+        "✗ causal attention: pass the class itself, not a CausalAttention object: "
+        "check.causal_attention(YourName), without parentheses after YourName"
+    )
+    outcome = outcome_of(practice.loss_batch, torch.tensor(2.0), capsys)
+    assert "pass the function itself, not a Tensor object" in outcome.message
+
+
+def test_a_list_instead_of_a_tensor_is_named(capsys):
+    class Lists(Windows):
+        def __getitem__(self, index):
+            return tuple(t.tolist() for t in self.items[index])
+
+    outcome = outcome_of(practice.sliding_window_dataset, Lists, capsys)
+    assert "item 0's input_ids is a list, not a tensor" in outcome.message
