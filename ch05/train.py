@@ -122,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("checkpoints"),
         help="where last.pth and losses.png are written",
     )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from last.pth, up to --epochs in all"
-    )
+    add_option(parser, "--resume")  # from --checkpoint-dir's last.pth, up to --epochs in all
     add_option(parser, "--seed", 123)
     add_option(parser, "--device")
     add_speed_options(parser)

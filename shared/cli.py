@@ -165,6 +165,10 @@ OPTIONS: dict[str, dict] = {
     "--prompt-tokens": dict(type=positive_int, help="length of the random prompt"),
     "--new-tokens": dict(type=positive_int, help="tokens generated per run"),
     "--repeats": dict(type=positive_int, help="best of this many runs"),
+    "--resume": dict(
+        action="store_true",
+        help="continue from the run's last checkpoint, up to the epochs or steps asked for in all",
+    ),
 }
 
 
