@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
+import json
 import os
 import shutil
 import socket
@@ -82,6 +83,39 @@ def _check_sms_spam(path: Path) -> None:
             raise CorruptDataError(f"{path.name} line {number}: expected 'ham<TAB>' or 'spam<TAB>'")
 
 
+def _gsm8k_check(problems: int) -> Callable[[Path], None]:
+    """The structural check of a GSM8K file: `problems` lines, each a JSON object whose
+    "question" and "answer" are text, the answer (a worked solution) ending in "#### <number>".
+
+    OpenAI publishes no checksum of the files, so they are checked by structure instead."""
+
+    def check(path: Path) -> None:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if len(lines) != problems:
+            raise CorruptDataError(
+                f"{path.name}: expected {problems:,} lines (GSM8K problems), found {len(lines):,}"
+            )
+        for number, line in enumerate(lines, start=1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                raise CorruptDataError(f"{path.name} line {number}: not a JSON object") from None
+            if not (
+                isinstance(entry, dict)
+                and isinstance(entry.get("question"), str)
+                and isinstance(entry.get("answer"), str)
+                and "####" in entry["answer"]
+            ):
+                raise CorruptDataError(
+                    f'{path.name} line {number}: expected a JSON object with a "question" and '
+                    'an "answer" that ends in "#### <number>"'
+                )
+
+    return check
+
+
+_GSM8K = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data"
+
 REGISTRY: dict[str, DataFile] = {
     "the-verdict": DataFile(
         name="the-verdict.txt",
@@ -115,6 +149,22 @@ REGISTRY: dict[str, DataFile] = {
         url="https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
         sha256="196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
     ),
+}
+
+
+# Files fetched on demand that the offline mirror does not hold (every REGISTRY entry is in it;
+# tests/test_data.py checks), fetched with fetch(GSM8K_FILES["test"]) and the like.
+#
+# GSM8K (Cobbe et al. 2021, "Training Verifiers to Solve Math Word Problems"; openai/
+# grade-school-math, MIT licence): grade-school maths word problems with worked solutions, 7,473
+# for training and 1,319 for testing, one JSON object per line. ch07/grpo_train.py --model
+# qwen3-0.6b trains and evaluates on them. OpenAI publishes no checksum of the files, so each is
+# verified by its structure (_gsm8k_check: the number of lines, and the fields of every line).
+GSM8K_FILES: dict[str, DataFile] = {
+    "train": DataFile(
+        name="gsm8k/train.jsonl", url=f"{_GSM8K}/train.jsonl", check=_gsm8k_check(7473)
+    ),
+    "test": DataFile(name="gsm8k/test.jsonl", url=f"{_GSM8K}/test.jsonl", check=_gsm8k_check(1319)),
 }
 
 

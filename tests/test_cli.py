@@ -60,6 +60,7 @@ SCRIPTS = [
     "ch06/app.py",
     "ch07/finetune_instructions.py",
     "ch07/dpo_finetune.py",
+    "ch07/grpo_train.py",
     "ch07/score_responses.py",
     "ch07/app.py",
     "setup/execute_notebooks.py",
