@@ -22,7 +22,7 @@ from it up to --grpo-steps in all, exactly as the uninterrupted run would have g
 GRPO step draws its problems and samples from --seed and its step number alone).
 
 Examples (from the repository root):
-    python ch07/grpo_train.py                                   # addition, about 15 minutes
+    python ch07/grpo_train.py                                   # addition, about 3 minutes on 2 CPU cores
     python ch07/grpo_train.py --grpo-steps 600 --resume         # 300 more steps
     python ch07/grpo_train.py --kl-coef 0.04 --no-std-scaling --aggregation constant
     python ch07/grpo_train.py --model qwen3-0.6b --device cuda  # GSM8K, a GPU recommended
