@@ -1142,3 +1142,772 @@ def instruction_collate(collate) -> None:
                 "ignore_index"
             )
         raise Mistake(f"targets {_rows(targets)} vs expected {_rows(want_targets)} {setting}")
+
+
+# --- PyTorch primer (ch02/pytorch-primer.ipynb, before chapter 2) ----------------------------
+# One check per exercise of the primer: tensors, broadcasting, autograd, nn.Module, a training
+# loop, saving and loading, devices, and the operations the course leans on (view/transpose,
+# masked_fill with softmax, cross_entropy, register_buffer). Each compares the learner's code
+# with a few lines written here (the references below) and names the usual mistake.
+
+
+def _same_device_hint(error: Exception) -> str:
+    if "expected device" in str(error) or "same device" in str(error):
+        return (
+            "The model and its input must be on the same device: move both, model.to(device) "
+            "(which moves the model itself) and batch = batch.to(device) (tensor.to returns a "
+            "moved copy: keep it)"
+        )
+    if "CUDA" in str(error) or "cuda" in str(error):
+        return "Use the device passed in, not a device name written in the code"
+    return ""
+
+
+@_check(
+    "a batch of token ids",
+    "One row per list, one column per token, integers (torch.int64), as the data loaders of "
+    "chapter 2 give them.",
+)
+def tensor_batch(to_batch) -> None:
+    """Check to_batch(rows: list of equal-length lists of ints) -> (len(rows), len(row)) int64."""
+    _given(to_batch, "function", "tensor_batch")
+    rows = [[40, 367, 2885], [1464, 1807, 3619]]
+    call = f"{to_batch.__name__}({rows})"
+    with _running(call):
+        batch = _tensor(to_batch([list(r) for r in rows]), f"the result of {call}")
+    expected = torch.tensor(rows)
+    if batch.shape != expected.shape:
+        if tuple(batch.shape) == (expected.numel(),):
+            raise Mistake(
+                f"shape {_shape(batch)} vs expected {_shape(expected)}: the rows were joined end "
+                "to end (torch.cat joins along an existing dimension); torch.stack adds a new "
+                "one, or build it at once with torch.tensor(rows)"
+            )
+        if tuple(batch.shape) == tuple(reversed(expected.shape)):
+            raise Mistake(
+                f"shape {_shape(batch)} vs expected {_shape(expected)}: one column per list "
+                "instead of one row (torch.stack(..., dim=1), or a transpose): stack along dim=0"
+            )
+        raise Mistake(f"shape {_shape(batch)} vs expected {_shape(expected)} (rows, tokens)")
+    if batch.dtype != torch.long:
+        raise Mistake(
+            f"the ids are {batch.dtype}: token ids are integers (torch.int64), which embeddings "
+            "and cross_entropy need; torch.tensor(rows) keeps them integers, while "
+            "torch.Tensor(rows) always makes float32"
+        )
+    if not torch.equal(batch, expected):
+        raise Mistake(f"the values {batch.tolist()} are not the rows {rows}")
+
+
+def _if_computable(compute: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """compute, or an empty tensor (which matches nothing) where the mistake cannot be computed
+    for these shapes."""
+
+    def run() -> torch.Tensor:
+        try:
+            return compute()
+        except RuntimeError:
+            return torch.empty(0)
+
+    return run
+
+
+def _sums_hint(error: Exception) -> str:
+    if "size" in str(error) and "must match" in str(error):
+        return "Keep the summed dimension (keepdim=True) so that the sums broadcast along each row"
+    return ""
+
+
+@_check(
+    "rows that sum to one",
+    "Each row divided by its own sum, for any number of leading dimensions: the sums keep "
+    "their dimension (keepdim=True) and broadcast along the row.",
+)
+def row_normalize(normalize_rows) -> None:
+    """Check normalize_rows(x (..., n)) -> same shape, each row along the last dimension divided
+    by its sum."""
+    _given(normalize_rows, "function", "row_normalize")
+    torch.manual_seed(2)
+    # A square matrix first: there, sums without their dimension broadcast without an error.
+    inputs = [torch.rand(3, 3) + 0.1, torch.rand(2, 4) + 0.1, torch.rand(2, 3, 3) + 0.1]
+    for x in inputs:
+        given = x.clone()
+        call = f"{normalize_rows.__name__}(x of shape {_shape(x)})"
+        with _running(call, _sums_hint):
+            out = _tensor(normalize_rows(given), f"the result of {call}")
+        if not torch.equal(given, x):
+            raise Mistake("it changed the tensor passed in (x /= ...): return a new tensor")
+        expected = x / x.sum(dim=-1, keepdim=True)
+        if out.shape != x.shape:
+            raise Mistake(f"shape {_shape(out)} for x of shape {_shape(x)}: keep x's shape")
+        if _close(out, expected):
+            continue
+        candidates = [
+            (
+                "the sums lost their dimension: x.sum(dim=-1) has one number per row, which "
+                "broadcasts along the last dimension, so column j was divided by row j's sum "
+                "(no error when the matrix is square); keep it with x.sum(dim=-1, keepdim=True)",
+                lambda x=x: x / x.sum(dim=-1),
+            ),
+            (
+                "each column is divided by its sum (dim=0): the rows run along the last "
+                "dimension, dim=-1",
+                lambda x=x: x / x.sum(dim=0, keepdim=True),
+            ),
+            (
+                "dim=1 is the last dimension of a matrix only: for a batch of shape "
+                f"{_shape(x)} it sums over the rows' positions; dim=-1 is the last for any shape",
+                lambda x=x: x / x.sum(dim=1, keepdim=True),
+            ),
+            (
+                "it divides by the sum of the whole tensor (x.sum()): each row by its own sum, "
+                "x.sum(dim=-1, keepdim=True)",
+                lambda x=x: x / x.sum(),
+            ),
+        ]
+        candidates = [(text, _if_computable(compute)) for text, compute in candidates]
+        raise Mistake(
+            _matching(candidates, out)
+            or f"for x of shape {_shape(x)} the rows do not sum to 1 "
+            f"(sums {out.sum(dim=-1).flatten().numpy().round(3).tolist()})"
+        )
+
+
+def _in_place_hint(error: Exception) -> str:
+    if "leaf Variable that requires grad" in str(error):
+        return (
+            "Autograd records every operation on w; the update is not part of the model, so "
+            "do it inside `with torch.no_grad():`"
+        )
+    if "backward through the graph a second time" in str(error):
+        return "Compute the loss again for each backward (the scaffold's first line does)"
+    return ""
+
+
+def _mse_gradient(w, x, y) -> torch.Tensor:
+    """d/dw of ((x @ w - y) ** 2).mean(), by hand."""
+    return 2 * x.T @ (x @ w - y) / len(y)
+
+
+@_check(
+    "one gradient-descent step",
+    "Each call computes the gradient with loss.backward(), moves w against it by lr times it "
+    "in place under torch.no_grad(), and clears w.grad for the next step.",
+)
+def gradient_step(sgd_step) -> None:
+    """Check sgd_step(w, x, y, lr) -> None: one step of gradient descent on the leaf tensor w
+    (requires_grad=True), in place, for the loss ((x @ w - y) ** 2).mean()."""
+    _given(sgd_step, "function", "gradient_step")
+    torch.manual_seed(4)
+    x, y, lr = torch.randn(6, 3), torch.randn(6), 0.1
+    w0 = torch.randn(3)
+    w = w0.clone().requires_grad_(True)
+    expected = [w0 - lr * _mse_gradient(w0, x, y)]
+    expected.append(expected[0] - lr * _mse_gradient(expected[0], x, y))
+    for step in (1, 2):
+        call = f"{sgd_step.__name__}(w, x, y, lr={lr}) (step {step})"
+        before = w.detach().clone()
+        with _running(call, _in_place_hint):
+            sgd_step(w, x, y, lr)
+        if not (isinstance(w, torch.Tensor) and w.is_leaf and w.requires_grad):
+            raise Mistake(
+                "after the step, w no longer requires a gradient: change its values, not its "
+                "requires_grad (w -= lr * w.grad inside torch.no_grad())"
+            )
+        now = w.detach()
+        if torch.equal(now, before):
+            raise Mistake(
+                f"w is unchanged after step {step}: update the tensor passed in, in place "
+                "(w -= lr * w.grad); w = w - lr * w.grad only makes a new local tensor"
+            )
+        grad = _mse_gradient(before, x, y)
+        if _close(now, before + lr * grad):
+            raise Mistake("w moved along the gradient, up the loss: subtract it, w -= lr * w.grad")
+        if step == 2 and _close(now, before - lr * (grad + _mse_gradient(w0, x, y))):
+            raise Mistake(
+                "the second step used the sum of both steps' gradients: backward() adds to "
+                "w.grad, so clear it after each update (w.grad = None, or w.grad.zero_())"
+            )
+        if not _close(now, expected[step - 1]):
+            raise Mistake(
+                f"after step {step}, w is {now.numpy().round(4).tolist()}, expected "
+                f"{expected[step - 1].numpy().round(4).tolist()} (w - lr * gradient)"
+            )
+
+
+class _PrimerMLP(nn.Module):
+    """The reference of the primer's MLP exercise: one nn.Linear per consecutive pair of sizes,
+    ReLU between them. At module level, so that a whole model can be pickled (a mistake that
+    save_weights names)."""
+
+    def __init__(self, sizes):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = torch.relu(x)
+        return x
+
+
+@_check(
+    "a module with registered layers",
+    "Every layer's weights and biases are registered parameters (nn.ModuleList), so "
+    "model.parameters(), the optimizer, state_dict and .to(device) all see them.",
+)
+def mlp(mlp_class) -> None:
+    """Check an MLP(sizes) nn.Module class whose self.layers holds one nn.Linear(sizes[i],
+    sizes[i + 1]) per consecutive pair; forward (b, sizes[0]) -> (b, sizes[-1])."""
+    _given(mlp_class, "class", "mlp")
+    sizes = (4, 8, 8, 2)
+    call = f"{mlp_class.__name__}({sizes})"
+    with _running(call):
+        torch.manual_seed(1)
+        mine = mlp_class(sizes)
+    reference = _PrimerMLP(sizes)
+    ours = dict(mine.named_parameters())
+    theirs = dict(reference.named_parameters())
+    layers = getattr(mine, "layers", None)
+    if not ours:
+        kind = type(layers).__name__ if layers is not None else "nothing"
+        raise Mistake(
+            f"model.parameters() is empty, so an optimizer would train nothing: self.layers is "
+            f"a {kind}, whose layers PyTorch does not see; keep them in nn.ModuleList(...) "
+            "(or nn.Sequential)"
+        )
+    if set(ours) != set(theirs):
+        lacking = sorted(set(theirs) - set(ours))
+        layer_count = len({k.rsplit(".", 1)[0] for k in ours})
+        if lacking and all(k.endswith(".bias") for k in lacking) and len(ours) * 2 == len(theirs):
+            raise Mistake("the layers have no biases (bias=False): nn.Linear(a, b) keeps its bias")
+        if layer_count != len(sizes) - 1:
+            raise Mistake(
+                f"{layer_count} layers for sizes {sizes}, expected {len(sizes) - 1}: one "
+                "nn.Linear(sizes[i], sizes[i + 1]) per consecutive pair, "
+                "zip(sizes, sizes[1:])"
+            )
+        raise Mistake(
+            f"the parameters are named {sorted(ours)}, expected {sorted(theirs)}: keep the "
+            "layers in self.layers"
+        )
+    for key, param in theirs.items():
+        if ours[key].shape != param.shape:
+            raise Mistake(
+                f"parameter {key} has shape {_shape(ours[key])}, expected {_shape(param)}: "
+                f"layer i is nn.Linear(sizes[i], sizes[i + 1]) (its weight is (out, in))"
+            )
+    _copy_parameters(mine, reference, "the reference MLP")
+    torch.manual_seed(2)
+    x = torch.randn(5, sizes[0])
+    with _running(f"forward on x of shape {_shape(x)}"), torch.no_grad():
+        out = _tensor(mine(x), "forward's output")
+    with torch.no_grad():
+        expected = reference(x)
+    if not _close(out, expected):
+        raise Mistake("the outputs differ from the layers applied in order, ReLU between them")
+
+
+def _train_reference(model, loader, optimizer, accumulate=False) -> list[float]:
+    losses = []
+    for inputs, targets in loader:
+        loss = F.mse_loss(model(inputs), targets)
+        if not accumulate:
+            optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _regression_data():
+    torch.manual_seed(6)
+    x = torch.randn(8, 3)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5]]) + 0.3
+    return torch.utils.data.TensorDataset(x, y)
+
+
+@_check(
+    "a training loop",
+    "For each batch: zero the gradients, compute the loss, backward, step; returns the mean "
+    "loss over the batches as a Python number.",
+)
+def training_loop(train_epoch) -> None:
+    """Check train_epoch(model, loader, optimizer) -> float: one pass over loader's (inputs,
+    targets) batches, loss F.mse_loss(model(inputs), targets), returning the mean batch loss."""
+    _given(train_epoch, "function", "training_loop")
+    loader = torch.utils.data.DataLoader(_regression_data(), batch_size=2, shuffle=False)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    model, optimizer = fresh()
+    start = [p.detach().clone() for p in model.parameters()]
+    call = f"{train_epoch.__name__}(model, loader, optimizer)"
+    with _running(call):
+        result = train_epoch(model, loader, optimizer)
+    reference, reference_optimizer = fresh()
+    losses = _train_reference(reference, loader, reference_optimizer)
+    after = [p.detach() for p in model.parameters()]
+    if all(torch.equal(a, b) for a, b in zip(after, start)):
+        if all(p.grad is None for p in model.parameters()):
+            raise Mistake(
+                "the weights never changed and no gradients are left: call loss.backward(), "
+                "then optimizer.step(), for each batch (optimizer.zero_grad() goes before "
+                "backward, not between backward and step)"
+            )
+        raise Mistake(
+            "the weights never changed: the gradients are computed but never applied; call "
+            "optimizer.step() after loss.backward()"
+        )
+    if not all(_close(a, b) for a, b in zip(after, reference.parameters())):
+        accumulated, accumulating_optimizer = fresh()
+        _train_reference(accumulated, loader, accumulating_optimizer, accumulate=True)
+        if all(_close(a, b) for a, b in zip(after, accumulated.parameters())):
+            raise Mistake(
+                "the gradients add up across batches: backward() adds to .grad, so call "
+                "optimizer.zero_grad() before each loss.backward()"
+            )
+        raise Mistake(
+            "after one epoch the weights differ from those of zero_grad, backward, step for "
+            f"each of the {len(loader)} batches"
+        )
+    if isinstance(result, torch.Tensor):
+        raise Mistake(
+            "it returns a tensor: a loss tensor keeps its whole computation graph alive; add up "
+            "loss.item(), a Python number, instead"
+        )
+    if not isinstance(result, int | float):
+        raise Mistake(f"it returns a {type(result).__name__}: return the mean loss, a number")
+    mean = sum(losses) / len(losses)
+    if abs(result - mean) <= 1e-5 * max(1.0, abs(mean)):
+        return
+    if abs(result - sum(losses)) <= 1e-5 * max(1.0, sum(losses)):
+        raise Mistake(
+            f"it returns the sum of the batch losses ({result:.4f}): divide by the number of "
+            f"batches, len(loader), for the mean ({mean:.4f})"
+        )
+    if abs(result - losses[-1]) <= 1e-5 * max(1.0, abs(losses[-1])):
+        raise Mistake(
+            f"it returns the last batch's loss ({result:.4f}): the mean over all batches is "
+            f"{mean:.4f}"
+        )
+    raise Mistake(f"it returns {result:.4f}; the mean of the batch losses is {mean:.4f}")
+
+
+def _file_contents(path) -> object:
+    """What a file that torch.save wrote holds (the check's own file: safe to unpickle)."""
+    return torch.load(path, weights_only=False)
+
+
+@_check(
+    "saving weights",
+    "The file holds the model's state_dict, a dict of named tensors, which "
+    "torch.load(path, weights_only=True) reads without running any code from the file.",
+)
+def save_weights(save) -> None:
+    """Check save(model, path) -> None: writes model.state_dict() to path with torch.save."""
+    import tempfile
+    from pathlib import Path
+
+    _given(save, "function", "save_weights")
+    model = _PrimerMLP((3, 4, 2))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pth"
+        call = f"{save.__name__}(model, path)"
+        with _running(
+            call,
+            lambda e: (
+                "torch.save(obj, path): the object comes first, then the path"
+                if "'f'" in str(e) or "write" in str(e)
+                else ""
+            ),
+        ):
+            save(model, path)
+        if not path.is_file():
+            raise Mistake(f"{call} wrote no file at path: torch.save(model.state_dict(), path)")
+        contents = _file_contents(path)
+        try:
+            torch.load(path, weights_only=True)
+            loads_safely = True
+        except Exception:
+            loads_safely = False
+    if isinstance(contents, nn.Module):
+        raise Mistake(
+            "the file holds the whole model (a pickled nn.Module), not its state_dict: "
+            "torch.load(path, weights_only=True) refuses it, and loading it with "
+            "weights_only=False runs whatever code a file holds; save model.state_dict()"
+        )
+    if callable(contents):
+        raise Mistake(
+            "the file holds the state_dict method itself, not its result: call it, "
+            "torch.save(model.state_dict(), path)"
+        )
+    if isinstance(contents, list | tuple):
+        raise Mistake(
+            "the file holds a list of tensors without their names (list(model.parameters())?): "
+            "load_state_dict needs the names, torch.save(model.state_dict(), path)"
+        )
+    expected = model.state_dict()
+    if not isinstance(contents, dict) or set(contents) != set(expected):
+        keys = sorted(contents) if isinstance(contents, dict) else type(contents).__name__
+        raise Mistake(
+            f"the file holds {keys}, expected a state_dict with {sorted(expected)}: "
+            "torch.save(model.state_dict(), path)"
+        )
+    if not all(torch.equal(contents[k], v) for k, v in expected.items()):
+        raise Mistake("the saved tensors differ from the model's weights")
+    if not loads_safely:
+        raise Mistake("torch.load(path, weights_only=True) cannot read the file")
+
+
+@_check(
+    "loading weights",
+    "torch.load(path, weights_only=True) reads the tensors without running code from the "
+    "file, and model.load_state_dict puts them into the model passed in, which is returned.",
+)
+def load_weights(load) -> None:
+    """Check load(model, path) -> model: model's weights replaced in place by the state_dict
+    saved at path, read with torch.load(path, weights_only=True)."""
+    import tempfile
+    from pathlib import Path
+    from unittest import mock
+
+    _given(load, "function", "load_weights")
+    saved = _PrimerMLP((3, 4, 2))
+    torch.manual_seed(9)
+    model = _PrimerMLP((3, 4, 2))
+    calls = []
+    real_load = torch.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.pth"
+        torch.save(saved.state_dict(), path)
+        call = f"{load.__name__}(model, path)"
+
+        def hint(error):
+            if "state_dict to be dict-like" in str(error):
+                return (
+                    "load_state_dict takes the dict that torch.load(path, weights_only=True) "
+                    "returns, not the path"
+                )
+            return ""
+
+        with _running(call, hint), mock.patch.object(torch, "load", spy):
+            result = load(model, path)
+    if not calls:
+        raise Mistake("it never reads the file: torch.load(path, weights_only=True)")
+    if any(flag is not True for flag in calls):
+        raise Mistake(
+            "torch.load is called without weights_only=True: a .pth file is a pickle, and "
+            "unpickling without it can run any code the file holds (PyTorch before 2.6 "
+            "defaults to weights_only=False); pass weights_only=True"
+        )
+    if not all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.state_dict().values())
+    ):
+        raise Mistake(
+            "the model passed in keeps its old weights: load into it, "
+            "model.load_state_dict(torch.load(path, weights_only=True)); model = ... only "
+            "rebinds a local name"
+        )
+    if result is not model:
+        if type(result).__name__ == "_IncompatibleKeys":
+            raise Mistake(
+                "it returns what load_state_dict returns (a report of missing and unexpected "
+                "keys), not the model: load_state_dict changes the model in place, so return model"
+            )
+        raise Mistake(f"it returns a {type(result).__name__}, not the model passed in")
+
+
+@_check(
+    "running on a device",
+    "The model and the batch are moved to the device passed in (model.to moves the model in "
+    "place, tensor.to returns a moved copy), and the outputs come from there.",
+)
+def device_move(run_on) -> None:
+    """Check run_on(model, batch, device) -> model(batch) computed on device (model and batch
+    moved there). Besides the CPU, it uses PyTorch's "meta" device (shapes without data), so it
+    catches a device written in the code on a machine without a GPU too."""
+    _given(run_on, "function", "device_move")
+    torch.manual_seed(3)
+    model = nn.Linear(4, 2)
+    batch = torch.randn(3, 4)
+    with torch.no_grad():
+        expected = model(batch)
+    call = f"{run_on.__name__}(model, batch, 'cpu')"
+    with _running(call, _same_device_hint), torch.no_grad():
+        out = _tensor(run_on(model, batch, torch.device("cpu")), f"the result of {call}")
+    if out.device.type != "cpu":
+        raise Mistake(
+            f"asked for the CPU, it ran on {out.device}: use the device passed in, not a name "
+            "written in the code"
+        )
+    if not _close(out, expected):
+        raise Mistake("the outputs differ from model(batch)")
+    meta = torch.device("meta")
+    call = f"{run_on.__name__}(model, batch, 'meta')"
+    with _running(call, _same_device_hint), torch.no_grad():
+        out = _tensor(run_on(model, batch, meta), f"the result of {call}")
+    where = {p.device.type for p in model.parameters()}
+    if out.device != meta:
+        raise Mistake(
+            f"asked for device 'meta', the outputs are on {out.device}: use the device passed "
+            "in (get_device() or 'cpu' in the code ignores it)"
+        )
+    if where != {"meta"}:
+        raise Mistake("the model was not moved to the device: model.to(device)")
+    if tuple(out.shape) != tuple(expected.shape):
+        raise Mistake(f"shape {_shape(out)} vs expected {_shape(expected)}")
+
+
+@_check(
+    "splitting into heads",
+    "view to (b, num_tokens, num_heads, head_dim) keeps each token's numbers together, then "
+    "transpose(1, 2) gives every head all the tokens: (b, num_heads, num_tokens, head_dim).",
+)
+def split_heads(split) -> None:
+    """Check split(x (b, n, d), num_heads) -> (b, num_heads, n, d // num_heads), head h holding
+    dimensions h * head_dim ... (h + 1) * head_dim - 1 of every token."""
+    _given(split, "function", "split_heads")
+    b, n, d, heads = 2, 3, 8, 2
+    x = torch.arange(b * n * d, dtype=torch.float32).view(b, n, d)
+    call = f"{split.__name__}(x of shape {_shape(x)}, num_heads={heads})"
+
+    def hint(error):
+        if "tuple of ints" in str(error) and "float" in str(error):
+            return "head_dim must be an integer: d // num_heads, not d / num_heads"
+        return ""
+
+    with _running(call, hint):
+        out = _tensor(split(x.clone(), heads), f"the result of {call}")
+    expected = x.view(b, n, heads, d // heads).transpose(1, 2)
+    if out.shape != expected.shape:
+        if tuple(out.shape) == (b, n, heads, d // heads):
+            raise Mistake(
+                f"shape {_shape(out)} vs expected {_shape(expected)}: split, but the heads are "
+                "not moved in front of the tokens; transpose(1, 2)"
+            )
+        raise Mistake(f"shape {_shape(out)} vs expected {_shape(expected)}")
+    if torch.equal(out, expected):
+        return
+    candidates = [
+        (
+            "a direct view to (b, num_heads, num_tokens, head_dim) cuts the numbers in memory "
+            "order, so a head gets pieces of several tokens: view to (b, num_tokens, num_heads, "
+            "head_dim) first, then transpose(1, 2)",
+            lambda: x.reshape(b, heads, n, d // heads),
+        ),
+        (
+            "it transposes before splitting, so a head gets numbers from several tokens: "
+            "view(b, num_tokens, num_heads, head_dim) first, then transpose(1, 2)",
+            lambda: x.transpose(1, 2).reshape(b, heads, n, d // heads),
+        ),
+    ]
+    raise Mistake(
+        _matching(candidates, out)
+        or "head 0 should hold the first head_dim numbers of every token, x[:, :, :head_dim]"
+    )
+
+
+@_check(
+    "masked softmax",
+    "Padding positions are filled with -inf before the softmax, so they get weight 0 and every "
+    "row's other weights sum to 1; the scores passed in are left unchanged.",
+)
+def masked_softmax(softmax_with_mask) -> None:
+    """Check softmax_with_mask(scores (b, n), pad_mask (b, n) bool, True at padding) ->
+    weights (b, n): softmax over the last dimension with the padding positions left out."""
+    _given(softmax_with_mask, "function", "masked_softmax")
+    torch.manual_seed(8)
+    scores = torch.randn(2, 5)
+    pad = torch.tensor([[False, False, False, True, True], [False, False, False, False, True]])
+    given = scores.clone()
+    call = f"{softmax_with_mask.__name__}(scores of shape {_shape(scores)}, pad_mask)"
+
+    def hint(error):
+        if "boolean" in str(error):
+            return "masked_fill takes a bool mask (True where to fill)"
+        return ""
+
+    with _running(call, hint):
+        out = _tensor(softmax_with_mask(given, pad.clone()), f"the result of {call}")
+    if not torch.equal(given, scores):
+        raise Mistake(
+            "it changed the scores passed in (masked_fill_ with an underscore works in place): "
+            "use masked_fill, which returns a new tensor"
+        )
+    expected = torch.softmax(scores.masked_fill(pad, -torch.inf), dim=-1)
+    if out.shape != expected.shape:
+        raise Mistake(f"shape {_shape(out)} vs expected {_shape(expected)}")
+    if _close(out, expected):
+        return
+    candidates = [
+        (
+            "the padding is filled with 0 instead of -inf: exp(0) = 1, so padding keeps a "
+            "weight; masked_fill(pad_mask, -torch.inf)",
+            lambda: torch.softmax(scores.masked_fill(pad, 0.0), dim=-1),
+        ),
+        (
+            "the mask is applied after softmax: the weights at padding are 0, but the rest no "
+            "longer sum to 1; fill the scores with -inf before the softmax",
+            lambda: torch.softmax(scores, dim=-1).masked_fill(pad, 0.0),
+        ),
+        (
+            "the mask is inverted: it hides the real tokens and keeps the padding; pad_mask is "
+            "True where to fill",
+            lambda: torch.softmax(scores.masked_fill(~pad, -torch.inf), dim=-1),
+        ),
+        (
+            "the softmax runs over dim=0 (down the batch): each row's weights must sum to 1, "
+            "dim=-1",
+            lambda: torch.softmax(scores.masked_fill(pad, -torch.inf), dim=0),
+        ),
+    ]
+    raise Mistake(
+        _matching(candidates, out)
+        or f"the weights {out.numpy().round(3).tolist()} differ from the softmax of the scores "
+        "with padding filled with -inf"
+    )
+
+
+@_check(
+    "cross-entropy by hand",
+    "Same as F.cross_entropy: minus the mean over rows of log_softmax(logits) at each row's "
+    "target, stable for large logits.",
+)
+def cross_entropy_by_hand(cross_entropy) -> None:
+    """Check cross_entropy(logits (N, C), targets (N,) int64) -> scalar tensor equal to
+    F.cross_entropy(logits, targets)."""
+    _given(cross_entropy, "function", "cross_entropy_by_hand")
+    torch.manual_seed(10)
+    logits = torch.randn(4, 5, requires_grad=True)
+    targets = torch.tensor([1, 0, 4, 2])
+    call = f"{cross_entropy.__name__}(logits of shape {_shape(logits)}, targets)"
+    with _running(call):
+        loss = _scalar_loss(cross_entropy(logits, targets), call)
+    expected = F.cross_entropy(logits, targets)
+    if not _close(loss, expected):
+        with torch.no_grad():
+            log_probs = torch.log_softmax(logits, dim=-1)
+            rows = torch.arange(len(targets))
+        candidates = [
+            (
+                "the sign is missing: the loss is minus the mean log-probability (a loss to "
+                "minimise is positive)",
+                lambda: log_probs[rows, targets].mean(),
+            ),
+            (
+                "the log-probabilities are summed instead of averaged over the rows",
+                lambda: -log_probs[rows, targets].sum(),
+            ),
+            (
+                "log_probs[:, targets] takes every target's column for every row (an N x N "
+                "grid): one entry per row is log_probs[torch.arange(N), targets]",
+                lambda: -log_probs[:, targets].mean(),
+            ),
+            (
+                "the probabilities are taken, not their logarithm: use log_softmax",
+                lambda: -torch.softmax(logits, dim=-1)[rows, targets].mean(),
+            ),
+            (
+                "the logits are used without log_softmax: they are not log-probabilities until "
+                "normalised, torch.log_softmax(logits, dim=-1)",
+                lambda: -logits[rows, targets].mean(),
+            ),
+            (
+                "the softmax runs over dim=0 (over the rows): each row is one distribution over "
+                "the classes, dim=-1",
+                lambda: -torch.log_softmax(logits, dim=0)[rows, targets].mean(),
+            ),
+        ]
+        raise Mistake(
+            _matching(candidates, loss)
+            or f"the loss is {loss.item():.4f}; F.cross_entropy gives {expected.item():.4f}"
+        )
+    large = torch.tensor([[0.0, 120.0, -120.0], [3.0, 1.0, 0.0]])
+    large_targets = torch.tensor([0, 2])
+    call = f"{cross_entropy.__name__}(logits with values of 120, targets)"
+    with _running(call):
+        loss = _scalar_loss(cross_entropy(large.requires_grad_(), large_targets), call)
+    expected = F.cross_entropy(large, large_targets)
+    if not torch.isfinite(loss):
+        raise Mistake(
+            f"for a batch with a row of logits [0, 120, -120] the loss is {loss.item()}, "
+            f"F.cross_entropy gives {expected.item():.1f}: softmax rounds the tiny probabilities to 0 and log(0) is "
+            "-inf; torch.log_softmax computes the same without that rounding"
+        )
+    if not _close(loss, expected):
+        raise Mistake(
+            f"for logits with large values the loss is {loss.item():.4f}; F.cross_entropy "
+            f"gives {expected.item():.4f}"
+        )
+
+
+@_check(
+    "a mask kept as a buffer",
+    "self.mask is a registered buffer (True above the diagonal): it moves with model.to(device), "
+    "is no parameter the optimizer would train, and hides each token's future only.",
+)
+def mask_buffer(mask_class) -> None:
+    """Check a CausalMask(context_length) nn.Module class that registers a (context_length,
+    context_length) bool buffer named mask, True above the diagonal (forward given: scores
+    (..., n, n) with the future filled with -inf)."""
+    _given(mask_class, "class", "mask_buffer")
+    context_length, n = 6, 4
+    call = f"{mask_class.__name__}(context_length={context_length})"
+    with _running(call):
+        module = mask_class(context_length)
+    expected = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), 1)
+    mask = getattr(module, "mask", None)
+    if mask is None:
+        raise Mistake("there is no self.mask: self.register_buffer('mask', ...)")
+    if any(p is mask for p in module.parameters()):
+        raise Mistake(
+            "the mask is a parameter (nn.Parameter): model.parameters() hands it to the "
+            "optimizer; keep it with self.register_buffer('mask', mask), which is no parameter"
+        )
+    if not any(b is mask for b in module.buffers()):
+        raise Mistake(
+            "self.mask is a plain attribute, not a buffer: model.to(device) does not move it, so "
+            "on a GPU it stays on the CPU beside scores on the GPU; "
+            "self.register_buffer('mask', mask)"
+        )
+    if mask.dtype != torch.bool:
+        raise Mistake(
+            f"the mask is {mask.dtype}: masked_fill takes a bool mask; build it with "
+            "dtype=torch.bool (or .bool())"
+        )
+    if tuple(mask.shape) != tuple(expected.shape):
+        raise Mistake(
+            f"the mask has shape {_shape(mask)}, expected {_shape(expected)}: one row and one "
+            "column per position up to context_length"
+        )
+    if not torch.equal(mask, expected):
+        ones = torch.ones_like(expected)
+        known = {
+            "the mask hides each token from itself too (diagonal=0): torch.triu(..., "
+            "diagonal=1) keeps the diagonal visible": torch.triu(ones, 0),
+            "the mask hides the past instead of the future: torch.triu (upper triangle, "
+            "diagonal=1), not torch.tril": torch.tril(ones, -1),
+        }
+        for text, wrong in known.items():
+            if torch.equal(mask, wrong):
+                raise Mistake(text)
+        raise Mistake(f"the mask is {mask.int().tolist()}, expected True above the diagonal")
+    torch.manual_seed(11)
+    scores = torch.randn(2, n, n)
+    with _running(f"forward on scores of shape {_shape(scores)}"):
+        out = _tensor(module(scores), "forward's output")
+    if not torch.equal(out, scores.masked_fill(expected[:n, :n], -torch.inf)):
+        raise Mistake("forward's output differs from the scores with the future filled with -inf")
+    module.to("meta")
+    if module.mask.device.type != "meta":
+        raise Mistake("model.to(device) does not move the mask: register it as a buffer")
