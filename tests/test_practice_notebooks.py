@@ -92,6 +92,63 @@ ANSWERS = {
     ],
 }
 NOTEBOOKS = sorted(ANSWERS)
+# The PyTorch primer (met before chapter 2) has blanks and checks built the same way.
+PRIMER = "ch02/pytorch-primer.ipynb"
+ANSWERS[PRIMER] = [
+    """
+    return torch.tensor(rows)
+    """,
+    """
+    return x / x.sum(dim=-1, keepdim=True)
+    """,
+    """
+    loss = ((x @ w - y) ** 2).mean()
+    loss.backward()
+    with torch.no_grad():
+        w -= lr * w.grad
+    w.grad = None
+    """,
+    """
+    self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+    """,
+    """
+    total = 0.0
+    for inputs, targets in loader:
+        loss = F.mse_loss(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    return total / len(loader)
+    """,
+    """
+    torch.save(model.state_dict(), path)
+    """,
+    """
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model
+    """,
+    """
+    model.to(device)
+    return model(batch.to(device))
+    """,
+    """
+    b, num_tokens, d = x.shape
+    return x.view(b, num_tokens, num_heads, d // num_heads).transpose(1, 2)
+    """,
+    """
+    return torch.softmax(scores.masked_fill(pad_mask, -torch.inf), dim=-1)
+    """,
+    """
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -log_probs[torch.arange(len(targets)), targets].mean()
+    """,
+    """
+    ones = torch.ones(context_length, context_length, dtype=torch.bool)
+    self.register_buffer("mask", torch.triu(ones, diagonal=1), persistent=False)
+    """,
+]
+WITH_BLANKS = [*NOTEBOOKS, PRIMER]
 
 
 def code_cells(notebook: str) -> list[dict]:
@@ -139,9 +196,10 @@ def test_filling_replaces_each_blank_with_its_answer_indented():
 def test_every_practice_notebook_has_its_answers():
     assert sorted(str(p.relative_to(REPO)) for p in REPO.glob("ch0*/practice.ipynb")) == NOTEBOOKS
     assert NOTEBOOKS == [f"ch0{n}/practice.ipynb" for n in range(2, 8)]
+    assert (REPO / PRIMER).is_file() and len(ANSWERS[PRIMER]) == 12
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS)
+@pytest.mark.parametrize("notebook", WITH_BLANKS)
 def test_as_committed_every_check_says_not_implemented_yet(notebook):
     cells = code_cells(notebook)
     blanks = sum(len(BLANK.findall(source(c))) for c in cells)
@@ -155,7 +213,7 @@ def test_as_committed_every_check_says_not_implemented_yet(notebook):
         assert "Traceback" not in text
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS)
+@pytest.mark.parametrize("notebook", WITH_BLANKS)
 def test_filled_with_the_answers_every_check_says_right(notebook):
     sources = fill_blanks([source(c) for c in code_cells(notebook)], ANSWERS[notebook])
     assert not any(BLANK.search(text) for text in sources)
@@ -173,3 +231,12 @@ def test_a_wrong_answer_is_reported_in_the_notebook_too():
     assert "✗ causal attention: position 0 can see position 1" in printed
     assert "future scores are set to 0 instead of -inf" in printed
     assert "✓ multi-head attention: right." in printed
+
+
+def test_a_wrong_answer_is_reported_in_the_primer_too():
+    wrong = ANSWERS[PRIMER][1].replace(", keepdim=True", "")  # the sums lose their dimension
+    answers = [ANSWERS[PRIMER][0], wrong, *ANSWERS[PRIMER][2:]]
+    sources = fill_blanks([source(c) for c in code_cells(PRIMER)], answers)
+    printed = run_cells(sources, PRIMER)
+    assert "✗ rows that sum to one: the sums lost their dimension" in printed
+    assert printed.count("✓ ") == len(ANSWERS[PRIMER]) - 1
