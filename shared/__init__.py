@@ -12,6 +12,7 @@ shared.fast_attention  fast paths of multi-head attention: fused kernels, KV cac
 shared.fused_kernels   use_fused_kernels: GPTModel's layers on PyTorch's fused kernels (ch04 bonus)
 shared.kv_cache        GPTModel with a key/value cache for generation (ch04 bonus)
 shared.flops           FLOPs of GPTModel by part, a training step's, the machine's peak (ch04 bonus)
+shared.memory          memory of training and generating by part, the peak, measured (ch04 bonus)
 shared.pretraining     losses, the book's training loop, decoding, checkpoints (ch05)
 shared.gpt2_weights    loading OpenAI's GPT-2 weights (ch05)
 shared.speed           training loop options: bf16, compile, accumulation, schedule, clipping (ch05)

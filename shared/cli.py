@@ -161,6 +161,7 @@ OPTIONS: dict[str, dict] = {
     ),
     "--max-new-tokens": dict(type=non_negative_int, help="how many tokens to generate at most"),
     "--layers": dict(type=positive_int, help="transformer blocks"),
+    "--dtype": dict(choices=("fp32", "bf16"), help="the model's number type: float32 or bfloat16"),
     "--context-length": dict(type=positive_int, help="tokens per training sequence (window)"),
     "--prompt-tokens": dict(type=positive_int, help="length of the random prompt"),
     "--new-tokens": dict(type=positive_int, help="tokens generated per run"),

@@ -50,6 +50,7 @@ from tests.scripts import load_script, run_script
 # Every script with a command line, its parser from build_parser().
 SCRIPTS = [
     "ch04/generate_untrained.py",
+    "ch04/plan_memory.py",
     "ch05/train.py",
     "ch05/generate.py",
     "ch05/app.py",
