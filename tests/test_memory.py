@@ -32,7 +32,7 @@ from shared.memory import (
     within_tolerance,
 )
 from tests.conftest import TINY
-from tests.notebook_code import REPO
+from tests.notebook_code import REPO, notebook_definitions
 from tests.scripts import run_main, run_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,6 +49,11 @@ DROPOUT = {  # none, everywhere, and only some places (the separate rates of exe
     "attention dropout only": {"drop_rate": 0.0, "drop_rate_attn": 0.2},
     "no attention dropout": {"drop_rate": 0.1, "drop_rate_attn": 0.0},
 }
+
+
+@pytest.fixture(scope="module")
+def notebook():
+    return notebook_definitions("ch04/memory-planner.ipynb")
 
 
 def batch(cfg: dict, b: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,6 +204,21 @@ def test_bad_input_is_a_clear_value_error(call, message):
     with pytest.raises(ValueError) as info:
         call()
     assert message in str(info.value)
+
+
+def test_the_notebook_counts_as_the_module(notebook):
+    cfg, b, n = {**SHAPES[0][0], "drop_rate": 0.1}, 2, 7
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    ids, targets = batch(cfg, b, n)
+    for checkpointing in (False, True):
+        expected = saved_tensor_bytes(model, ids, targets, checkpointing)
+        assert notebook["saved_bytes"](model, ids, targets, checkpointing) == expected
+    for cfg, b, n in SHAPES:
+        for rate in (0.0, 0.1):
+            cfg = {**cfg, "drop_rate": rate}
+            by_hand = notebook["activations_by_hand"](cfg, b, n, 4)
+            assert by_hand == sum(activation_bytes(cfg, b, n).values())
 
 
 def test_dtype_names():
