@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -502,7 +501,15 @@ def _resident(field: str) -> int | None:
 
 
 def _max_resident() -> int:
-    """The process's peak resident memory so far in bytes, from getrusage (KiB on Linux)."""
+    """The process's peak resident memory so far in bytes, from getrusage (KiB on Linux, bytes
+    on macOS); a RuntimeError on Windows, which has no getrusage."""
+    try:
+        import resource
+    except ImportError:
+        raise RuntimeError(
+            "measuring the CPU's peak memory needs Linux or macOS (getrusage); on Windows, "
+            "measure on a CUDA device"
+        ) from None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
