@@ -58,5 +58,8 @@ def notebook_definitions(notebook: str | Path) -> dict:
             ):
                 kept.append(node)
     namespace: dict = {"__name__": f"notebook:{notebook}"}
-    exec(compile(ast.Module(body=kept, type_ignores=[]), str(notebook), "exec"), namespace)
+    # dont_inherit: the cells are compiled as Jupyter compiles them, without this module's
+    # `from __future__ import annotations` (string annotations break a notebook's @dataclass).
+    code = compile(ast.Module(body=kept, type_ignores=[]), str(notebook), "exec", dont_inherit=True)
+    exec(code, namespace)
     return namespace
