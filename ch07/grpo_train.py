@@ -23,7 +23,7 @@ GRPO step draws its problems and samples from --seed and its step number alone).
 
 Examples (from the repository root):
     python ch07/grpo_train.py                                   # addition, about 3 minutes on 2 CPU cores
-    python ch07/grpo_train.py --grpo-steps 600 --resume         # 300 more steps
+    python ch07/grpo_train.py --grpo-steps 2000 --resume        # 1,000 more steps
     python ch07/grpo_train.py --kl-coef 0.04 --no-std-scaling --aggregation constant
     python ch07/grpo_train.py --model qwen3-0.6b --device cuda  # GSM8K, a GPU recommended
 """

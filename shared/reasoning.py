@@ -138,7 +138,7 @@ ADDITION_MODEL_CONFIG = {
 
 # Where an answer is announced: "Answer: 42", "the answer is 42", "#### 42" (GSM8K's worked
 # solutions), "\boxed{42}" (what maths-tuned models write).
-ANSWER_MARKER = re.compile(r"answer(?:\s+is)?\s*[:=]?|####|\\boxed\{", re.IGNORECASE)
+ANSWER_MARKER = re.compile(r"\banswer\b(?:\s+is)?\s*[:=]?|####|\\boxed\{", re.IGNORECASE)
 # A number: digits one space apart ("1 9 3 6", as the addition task writes them), or an ordinary
 # number with optional sign, thousands commas and decimals ("-1,936.5").
 NUMBER = re.compile(r"-?(?:\d(?: \d)+(?!\d)|\d+(?:,\d{3})*(?:\.\d+)?)")
@@ -159,11 +159,11 @@ def parse_number(text: str) -> Fraction:
 
 
 def extract_answer(completion: str) -> Extraction:
-    """The answer a completion gives: the first number after its last answer marker; with no
-    marker, its last number (marked=False); with no number at all, value None."""
-    markers = list(ANSWER_MARKER.finditer(completion))
-    if markers:
-        found = NUMBER.search(completion, markers[-1].end())
+    """The answer a completion gives: the first number after its last answer marker that a
+    number follows; with no such marker, its last number (marked=False); with no number at all,
+    value None."""
+    for marker in reversed(list(ANSWER_MARKER.finditer(completion))):
+        found = NUMBER.search(completion, marker.end())
         if found:
             return Extraction(parse_number(found.group()), marked=True)
     numbers = NUMBER.findall(completion)
@@ -248,10 +248,11 @@ def sample_completions(
         generator=generator,
     )
     new = list(steps)
-    if new:
-        completion = torch.cat(new, dim=1)
-    else:  # every row ended at once (or max_new_tokens == 0)
-        completion = torch.full((repeated.shape[0], 1), tokenizer.eos_id, device=repeated.device)
+    if len(new) < max_new_tokens or not new:
+        # generate_tokens stops without yielding the step at which the last rows ended: their
+        # eos (which the policy chose, and which GRPO must train) is put back here.
+        new.append(torch.full((repeated.shape[0], 1), tokenizer.eos_id, device=repeated.device))
+    completion = torch.cat(new, dim=1)
     mask = completion_mask(completion, tokenizer.eos_id)
     texts = [
         tokenizer.decode([t for t, keep in zip(row, kept) if keep and t != tokenizer.eos_id])
@@ -441,7 +442,12 @@ def group_advantages(
     if not torch.isfinite(rewards).all():
         bad = (~torch.isfinite(rewards)).nonzero()[0].tolist()
         raise ValueError(f"reward at (prompt, sample) {tuple(bad)} is {rewards[tuple(bad)].item()}")
+    rewards = rewards.float()
     centred = rewards - rewards.mean(dim=1, keepdim=True)
+    # Exactly 0 where a group's rewards are all equal (the float mean of equal numbers may miss
+    # them by a rounding error, which the division by std + eps would blow up).
+    all_equal = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    centred = centred.masked_fill(all_equal, 0.0)
     return centred / (rewards.std(dim=1, keepdim=True) + eps) if scale_by_std else centred
 
 
@@ -468,6 +474,7 @@ def grpo_loss(
     ref_logprobs: torch.Tensor | None = None,
     kl_coef: float = 0.0,
     aggregation: str = "sequence",
+    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """GRPO's clipped policy objective, negated to be minimised.
 
@@ -478,15 +485,24 @@ def grpo_loss(
     Per token: -min(ratio * A, clip(ratio, 1 - clip_eps, 1 + clip_eps) * A) + kl_coef * KL, with
     ratio = exp(logprobs - old_logprobs). aggregation: "sequence" averages each completion's
     tokens, then the completions (GRPO); "token" averages all tokens of the batch (DAPO);
-    "constant" sums each completion's tokens and divides by b * m (Dr. GRPO), so neither
-    length biases the update.
-    Returns (loss, stats) with stats' "kl", "clipped" (share of tokens whose ratio was clipped)
-    and "ratio" as floats.
+    "constant" sums each completion's tokens and divides by b * max_tokens (Dr. GRPO: a fixed
+    generation budget, m when None), so no completion's length changes its tokens' weight.
+    Values at masked positions are ignored, even inf or NaN.
+    Returns (loss, stats) with stats' "kl" (mean per completion token), "clipped" (the share of
+    completion tokens whose ratio lies outside [1 - clip_eps, 1 + clip_eps], whatever the
+    advantage's sign) and "ratio" (mean) as floats.
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if kl_coef > 0 and ref_logprobs is None:
         raise ValueError("kl_coef > 0 needs ref_logprobs (the reference model's log-probabilities)")
+    hidden = ~mask.bool()
+    logprobs, old_logprobs = (
+        logprobs.masked_fill(hidden, 0.0),
+        old_logprobs.masked_fill(hidden, 0.0),
+    )
+    if ref_logprobs is not None:
+        ref_logprobs = ref_logprobs.masked_fill(hidden, 0.0)
     mask = mask.to(logprobs.dtype)
     ratio = torch.exp(logprobs - old_logprobs)
     gain = advantages.unsqueeze(1)
@@ -502,7 +518,7 @@ def grpo_loss(
     elif aggregation == "token":
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
     else:
-        loss = (per_token * mask).sum() / mask.numel()
+        loss = (per_token * mask).sum() / (mask.shape[0] * (max_tokens or mask.shape[1]))
     tokens = mask.sum().clamp(min=1)
     clipped = ((ratio - ratio.clamp(1 - clip_eps, 1 + clip_eps)).abs() > 0).to(mask.dtype)
     stats = {
@@ -544,6 +560,19 @@ class GRPOSettings:
             )
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"temperature must be > 0: greedy completions are all alike and teach nothing, "
+                f"got {self.temperature}"
+            )
+        for name in ("prompts_per_step", "max_new_tokens", "updates_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.clip_eps < 1 or self.kl_coef < 0 or self.max_grad_norm <= 0:
+            raise ValueError(
+                "clip_eps must be in (0, 1), kl_coef >= 0 and max_grad_norm > 0, got "
+                f"{self.clip_eps}, {self.kl_coef} and {self.max_grad_norm}"
+            )
 
 
 def grpo_step(
@@ -599,8 +628,12 @@ def grpo_step(
             ref = None  # with a reference model, the KL is measured even when not penalised
             if reference is not None:
                 ref = completion_logprobs(reference, rollouts.sequences, rollouts.prompt_length)
-        batches.append((rollouts, advantages, old, ref, len(idx) / len(problems)))
+        batches.append([rollouts, advantages, old, ref, len(idx) / len(problems)])
         scores_all.append((scores, rewards, rollouts.mask.sum(dim=1)))
+    if settings.aggregation == "token":  # one mean over every token of the step's buckets
+        tokens = [batch[0].mask.sum().item() for batch in batches]
+        for batch, count in zip(batches, tokens):
+            batch[4] = count / max(1, sum(tokens))
     for _ in range(settings.updates_per_batch):
         optimizer.zero_grad()
         step_stats = Counter()
@@ -615,6 +648,7 @@ def grpo_step(
                 ref_logprobs=ref,
                 kl_coef=settings.kl_coef,
                 aggregation=settings.aggregation,
+                max_tokens=settings.max_new_tokens,
             )
             (loss * share).backward()
             step_stats.update({k: v * share for k, v in stats.items()})

@@ -56,7 +56,7 @@ def test_the_notebooks_loss_is_the_packages_with_its_gradient(notebook, aggregat
         logprobs.requires_grad_(True)
         loss = loss_fn(
             logprobs, old, advantages, mask,
-            clip_eps=0.2, ref_logprobs=ref, kl_coef=0.05, aggregation=aggregation,
+            clip_eps=0.2, ref_logprobs=ref, kl_coef=0.05, aggregation=aggregation, max_tokens=7,
         )  # fmt: skip
         loss.backward()
         losses.append(loss.detach())

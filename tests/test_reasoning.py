@@ -318,15 +318,8 @@ EXTRACTIONS = [
     ("Answer:", None, False),
     ("Answer: I don't know", None, False),
     ("\\boxed{}", None, False),
-    pytest.param(
-        "The answer is 30, since she answered 12 of 42.",
-        30,
-        True,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="reported: ANSWER_MARKER matches 'answer' inside 'answered' (no word boundary)",
-        ),
-    ),
+    ("The answer is 30, since she answered 12 of 42.", 30, True),  # "answered" is no marker
+    ("Answer: 7. Is that the answer?", 7, True),  # the last marker that a number follows
 ]
 
 
@@ -387,23 +380,17 @@ def test_group_advantages_by_hand():
     torch.testing.assert_close(pair, torch.tensor([[0.5, -0.5]]) / (math.sqrt(0.5) + EPS))
 
 
-ROUNDED_MEAN = pytest.mark.xfail(
-    strict=True,
-    reason="reported: the float32 mean of 8 equal rewards such as 1.2 (correct + 0.2 format) is "
-    "off by an ulp, and the division by std + eps (std 0) blows that up to ~1e-3",
-)
-
-
 @pytest.mark.parametrize(
     ("value", "scale_by_std"),
-    [(0.0, True), (1.0, True), (0.5, True), (0.0, False), (0.3, False), (1.2, False)]
-    + [pytest.param(v, True, marks=ROUNDED_MEAN) for v in (0.3, 1.2)],
+    # 0.3 and 1.2 (correct + a 0.2 format reward): their float32 mean misses them by a rounding
+    # error, which the division by std + eps (std 0) would blow up to about 1e-3
+    [(0.0, True), (1.0, True), (0.5, True), (0.3, True), (1.2, True)]
+    + [(0.0, False), (0.3, False), (1.2, False)],
 )
 def test_group_advantages_equal_rewards_are_zero(value, scale_by_std):
     rewards = torch.tensor([[value] * 8, [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     advantages = group_advantages(rewards, scale_by_std=scale_by_std)
-    # exactly 0 with the std; without it, within the mean's rounding
-    assert advantages[0].abs().max() <= (0.0 if scale_by_std else 1e-6)
+    assert advantages[0].abs().max() == 0.0
     assert advantages[1, 0] > 0
 
 
@@ -423,10 +410,6 @@ def test_group_advantages_bad_rewards_raise(rewards, message):
         group_advantages(rewards)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: integer rewards (torch.tensor([1, 0])) fail in mean() with a RuntimeError",
-)
 def test_group_advantages_accept_integer_rewards():
     torch.testing.assert_close(
         group_advantages(torch.tensor([[1, 0]])), group_advantages(torch.tensor([[1.0, 0.0]]))
@@ -1074,11 +1057,6 @@ def test_sample_completions_early_end_and_padding(tok):
         assert out.mask[row, :4].all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: generate_tokens stops before yielding the last eos, so the completions "
-    "that end last lose their eos (not in sequences, mask or token counts)",
-)
 def test_sample_completions_keep_every_eos(tok):
     model = Scripted(tok, REPLIES.__getitem__)
     prompts = torch.tensor([tok.encode(p) for p in REPLIES])
