@@ -457,8 +457,8 @@ def measure_peak(
 def measure_peaks(runs: list[dict], env: dict[str, str] | None = None) -> list[int]:
     """measure_peak for each dict of its arguments in runs, one after another in one fresh
     Python process whose environment has MEASURE_ENV (or env) set: on CUDA the peak of
-    torch.cuda.max_memory_allocated, elsewhere the peak resident memory (Linux: VmHWM, reset
-    before each run; elsewhere getrusage's ru_maxrss), less what the process held before
+    torch.cuda.max_memory_allocated, on a Linux CPU the peak resident memory (VmHWM, reset
+    before each run; a RuntimeError elsewhere), less what the process held before
     building the run's model. A small model runs first, so that no run counts the libraries
     loaded by the first step. A run may reuse memory that an earlier one freed: put small
     runs first."""
@@ -474,6 +474,11 @@ def measure_peaks(runs: list[dict], env: dict[str, str] | None = None) -> list[i
         _check(run["cfg"], batch_size=run["batch_size"], num_tokens=run["num_tokens"])
         run["dtype"] = str(as_dtype(run["dtype"])).removeprefix("torch.")
         run["device"] = str(run["device"])
+        if not run["device"].startswith("cuda") and not os.path.exists(CPU_PEAK_COUNTER):
+            raise RuntimeError(
+                f"measuring the peak memory of a {run['device']} run needs a CUDA GPU or "
+                f"Linux's resettable peak counter ({CPU_PEAK_COUNTER}); this machine has neither"
+            )
         specs.append(run)
     code = "import sys; from shared.memory import _measure; print(*_measure(sys.argv[1]))"
     result = subprocess.run(
@@ -487,39 +492,24 @@ def measure_peaks(runs: list[dict], env: dict[str, str] | None = None) -> list[i
     return [int(word) for word in result.stdout.split()[-len(specs) :]]
 
 
-def _resident(field: str) -> int | None:
-    """VmRSS (now) or VmHWM (peak since the last reset) of this process in bytes, where /proc
-    has them (Linux)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+CPU_PEAK_COUNTER = "/proc/self/clear_refs"  # Linux: writing "5" resets VmHWM, the peak
 
 
-def _max_resident() -> int:
-    """The process's peak resident memory so far in bytes, from getrusage (KiB on Linux, bytes
-    on macOS); a RuntimeError on Windows, which has no getrusage."""
-    try:
-        import resource
-    except ImportError:
-        raise RuntimeError(
-            "measuring the CPU's peak memory needs Linux or macOS (getrusage); on Windows, "
-            "measure on a CUDA device"
-        ) from None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+def _resident(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak since the last reset) of this process in bytes (Linux)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _reset_peak(device: torch.device) -> None:
-    """Start counting the peak from now (on CPUs without /proc/self/clear_refs, it cannot)."""
+    """Start counting the peak from now."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    elif os.path.exists("/proc/self/clear_refs"):
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+    else:
+        with open(CPU_PEAK_COUNTER, "w", encoding="ascii") as clear:
             clear.write("5")  # resets VmHWM to the current resident memory
 
 
@@ -528,7 +518,7 @@ def _in_use(device: torch.device, peak: bool) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device)
-    return _resident("VmHWM" if peak else "VmRSS") or _max_resident()
+    return _resident("VmHWM" if peak else "VmRSS")
 
 
 def _measure(specs_json: str) -> list[int]:
