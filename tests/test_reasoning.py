@@ -844,10 +844,10 @@ def test_grpo_step_update_is_the_hand_written_reinforce_gradient(tok, aggregatio
         weighted = (advantages[:, None] * out.mask * logp).sum(dim=1)
         if aggregation == "sequence":  # each completion's mean, then the mean of all 20
             surrogate -= (weighted / out.mask.sum(dim=1)).sum() / rows
-        elif aggregation == "token":  # each batch's token mean, weighted by its prompts
-            surrogate -= weighted.sum() / out.mask.sum() * out.sequences.shape[0] / rows
-        else:  # each batch's sum over b * m, weighted by its prompts
-            surrogate -= weighted.sum() / out.mask.numel() * out.sequences.shape[0] / rows
+        elif aggregation == "token":  # one mean over the tokens of both batches
+            surrogate -= weighted.sum() / tokens
+        else:  # the sum over every completion / (all rows * the generation budget, 6)
+            surrogate -= weighted.sum() / (rows * 6)
     surrogate.backward()
     assert tokens > rows
 
