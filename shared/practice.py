@@ -18,7 +18,9 @@ of their code that raised it. In a notebook only the printed verdict shows.
 
 The checks: sliding_window_dataset (ch02), causal_attention and multi_head_attention (ch03),
 layer_norm and transformer_block (ch04), loss_batch and top_k_sampling (ch05), classifier_loss
-(ch06), instruction_collate (ch07).
+(ch06), instruction_collate (ch07); and the PyTorch primer's (ch02/pytorch-primer.ipynb, the last
+section): tensor_batch, row_normalize, gradient_step, mlp, training_loop, save_weights,
+load_weights, device_move, split_heads, masked_softmax, cross_entropy_by_hand, mask_buffer.
 """
 
 from __future__ import annotations
