@@ -512,9 +512,10 @@ def train(args: argparse.Namespace) -> list[dict]:
     def on_step(step: int, row: dict) -> None:
         history.append(row)
         if "accuracy" in row:
+            kl = f"KL {row['kl']:.4f}, " if reference is not None else ""  # measured with one
             print(
                 f"GRPO step {step}/{args.grpo_steps}: reward {row['reward']:.3f}, correct "
-                f"{percent(row['correct'])}, length {row['length']:.1f} tokens, KL {row['kl']:.4f}, "
+                f"{percent(row['correct'])}, length {row['length']:.1f} tokens, {kl}"
                 f"clipped {percent(row['clipped'])}; validation accuracy {percent(row['accuracy'])} "
                 f"({time.time() - began:.0f} s)"
             )
