@@ -13,18 +13,22 @@ completions next to each other), n = prompt tokens, m = completion tokens.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from os import PathLike
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from shared.preference import frozen_copy  # noqa: F401  re-exported: GRPO's reference model
 from shared.pretraining import generate_tokens
+from shared.qwen3 import chat_prompt
 
 # --- the task: problems whose answers code can check ------------------------------------------
 
@@ -728,12 +732,6 @@ def gsm8k_problems(path_or_lines) -> list[Problem]:
     GSM8K's calculator notes ("<<48/2=24>>") and ending "Answer: <number>" instead of "####".
     Raises ValueError naming the line (counted from 1) that is not such an object.
     """
-    import json
-    from os import PathLike
-    from pathlib import Path
-
-    from shared.qwen3 import chat_prompt
-
     if isinstance(path_or_lines, str | PathLike):
         lines = Path(path_or_lines).read_text(encoding="utf-8").splitlines()
         where = f"{path_or_lines} line"

@@ -11,15 +11,9 @@ from torch import nn
 
 from shared import device as course_device
 from shared import practice
+from tests.test_practice import outcome_of  # runs a check, asserts it printed one verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def outcome_of(check, candidate, capsys) -> practice.Outcome:
-    outcome = check(candidate)
-    printed = capsys.readouterr().out
-    assert printed == outcome.message + "\n", "a check prints its verdict, one line"
-    return outcome
 
 
 # --- tensors --------------------------------------------------------------------------------
