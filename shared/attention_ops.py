@@ -10,7 +10,7 @@ attention (shared.open_models) call them instead:
   texts, kept outside the modules (one per generation, so two can run on one model at once);
   LayerKV.extend appends the new positions and counts them;
 - hidden_positions: the rows of a causal (or sliding-window) mask for the newest queries, which
-  come after the cached positions;
+  come after the cached positions; window_hidden_positions: a sliding window's, from distances;
 - attend: scores, mask, softmax, dropout and the weighted sum of the values, heads merged.
 
 Shapes: b = batch size, n = number of new tokens (queries), m = number of keys (cached + new),
@@ -105,6 +105,20 @@ def hidden_positions(mask: torch.Tensor, num_tokens: int, num_keys: int) -> torc
     return mask[num_keys - num_tokens : num_keys, :num_keys]
 
 
+def window_hidden_positions(
+    num_tokens: int, num_keys: int, window: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """The sliding-window mask (num_tokens, num_keys), True where a query may not look, for the
+    newest num_tokens queries over the newest num_keys positions (the queries' own among them,
+    last): a query sees itself and the window - 1 positions before it. Only distances matter,
+    so it fits a cache that has dropped older positions."""
+    if window < 1:
+        raise ValueError(f"window ({window}) must be at least 1 (the token itself)")
+    query_pos = torch.arange(num_keys - num_tokens, num_keys, device=device)[:, None]
+    key_pos = torch.arange(num_keys, device=device)[None, :]
+    return (key_pos > query_pos) | (query_pos - key_pos >= window)
+
+
 def attend(
     queries: torch.Tensor,
     keys: torch.Tensor,
@@ -112,20 +126,22 @@ def attend(
     hidden: torch.Tensor,
     dropout: nn.Module | None = None,
     float32_softmax: bool = False,
+    scale: float | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention as Chapter 3 computes it, with the heads merged at the end.
 
     queries (b, h, n, d_head); keys and values (b, h, m, d_head); hidden (n, m), True where a
     query may not look; dropout on the attention weights (None: none). float32_softmax: take
     the softmax in float32 and cast the weights back to the values' dtype (for bf16 models, as
-    Llama and Qwen do); False: in the scores' own dtype, as Chapter 3 does.
+    Llama and Qwen do); False: in the scores' own dtype, as Chapter 3 does. scale: what the
+    scores are multiplied by; None: 1 / sqrt(d_head) (Gemma 3 sets its own).
     Returns the context vectors (b, n, h * d_head).
     """
     scores = queries @ keys.transpose(2, 3)  # (b, h, n, m)
     scores = scores.masked_fill(hidden, -torch.inf)
-    d_head = queries.shape[-1]
+    scores = scores / queries.shape[-1] ** 0.5 if scale is None else scores * scale
     softmax_dtype = torch.float32 if float32_softmax else None
-    weights = torch.softmax(scores / d_head**0.5, dim=-1, dtype=softmax_dtype).to(values.dtype)
+    weights = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(values.dtype)
     if dropout is not None:
         weights = dropout(weights)
     return merge_heads(weights @ values)

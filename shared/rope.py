@@ -67,27 +67,76 @@ def llama3_scale_frequencies(
     return torch.where(between, blended, scaled)
 
 
+def yarn_scale_frequencies(
+    inv_freq: torch.Tensor,
+    base: float,
+    factor: float,
+    original_context_length: int,
+    beta_fast: float = 32.0,
+    beta_slow: float = 1.0,
+    attention_factor: float | None = None,
+) -> tuple[torch.Tensor, float]:
+    """YaRN's RoPE scaling (OLMo 3's long-context layers): (scaled inv_freq (d / 2,), cos/sin scale).
+
+    Counted in turns over original_context_length tokens, a pair that turns more than beta_fast
+    times keeps its speed, one that turns fewer than beta_slow times turns factor times slower,
+    and the ones between blend linearly by pair index (the boundaries rounded outwards, as the
+    reference does). The cosines and sines are multiplied by attention_factor, by default
+    0.1 ln(factor) + 1, which sharpens the attention softmax over the longer context.
+    """
+    if factor < 1:
+        raise ValueError(f"YaRN's factor must be >= 1, got {factor}")
+    half = inv_freq.shape[0]
+    head_dim = 2 * half
+
+    def pair_index(turns: float) -> float:
+        # The (fractional) pair j that makes `turns` turns over the original context.
+        return (
+            head_dim
+            * math.log(original_context_length / (turns * 2 * math.pi))
+            / (2 * math.log(base))
+        )
+
+    low = max(math.floor(pair_index(beta_fast)), 0)
+    high = min(math.ceil(pair_index(beta_slow)), head_dim - 1)
+    ramp = (torch.arange(half, dtype=torch.float32) - low) / max(high - low, 1e-3)
+    keep = 1 - ramp.clamp(0, 1)  # 1: keep the speed, 0: slow down by factor
+    scaled = inv_freq / factor * (1 - keep) + inv_freq * keep
+    if attention_factor is None:
+        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return scaled, attention_factor
+
+
 def rope_tables(
     head_dim: int,
     context_length: int,
     base: float = 10_000.0,
     llama3_scaling: dict | None = None,
+    yarn_scaling: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosines and sines of every position's rotation angles: (cos, sin), each (L, d), fp32.
 
     Row p holds the angles p * theta_j of the d / 2 pairs, repeated for both halves of the head.
+    head_dim: the rotated dimensions (fewer than a head's for partial RoPE, see apply_rope).
     llama3_scaling: None, or the keyword arguments of llama3_scale_frequencies (factor,
-    low_freq_factor, high_freq_factor, original_context_length).
+    low_freq_factor, high_freq_factor, original_context_length). yarn_scaling: None, or those
+    of yarn_scale_frequencies after base (factor, original_context_length, and optionally
+    beta_fast, beta_slow, attention_factor). At most one of the two.
     """
     if context_length < 1:
         raise ValueError(f"context_length must be >= 1, got {context_length}")
+    if llama3_scaling is not None and yarn_scaling is not None:
+        raise ValueError("give llama3_scaling or yarn_scaling, not both")
     inv_freq = rope_inverse_frequencies(head_dim, base)
+    magnitude = 1.0
     if llama3_scaling is not None:
         inv_freq = llama3_scale_frequencies(inv_freq, **llama3_scaling)
+    if yarn_scaling is not None:
+        inv_freq, magnitude = yarn_scale_frequencies(inv_freq, base, **yarn_scaling)
     positions = torch.arange(context_length, dtype=torch.int64).float()
     angles = torch.outer(positions, inv_freq)  # (L, d / 2)
     angles = torch.cat([angles, angles], dim=-1)  # (L, d): pair (i, i + d / 2) shares an angle
-    return torch.cos(angles), torch.sin(angles)
+    return torch.cos(angles) * magnitude, torch.sin(angles) * magnitude
 
 
 def apply_rope(
@@ -95,13 +144,18 @@ def apply_rope(
 ) -> torch.Tensor:
     """Rotate x (b, h, n, d), whose tokens sit at positions offset ... offset + n - 1.
 
-    cos, sin: tables (L, d) from rope_tables. Pair (x1, x2) = (x[..., i], x[..., i + d / 2])
-    becomes (x1 cos - x2 sin, x2 cos + x1 sin). Returns a tensor shaped and typed like x.
-    Raises ValueError when the positions run past the table's L rows or d does not match.
+    cos, sin: tables (L, r) from rope_tables, r <= d. Pair (x1, x2) = (x[..., i], x[..., i + r / 2])
+    of the first r dimensions becomes (x1 cos - x2 sin, x2 cos + x1 sin); the other d - r pass
+    unchanged (partial RoPE, as Qwen3-Next rotates a quarter of each head). Returns a tensor
+    shaped and typed like x. Raises ValueError when the positions run past the table's L rows
+    or r exceeds d.
     """
     n, d = x.shape[-2], x.shape[-1]
-    if d != cos.shape[-1]:
-        raise ValueError(f"x has head dimension {d}, the RoPE table {cos.shape[-1]}")
+    if cos.shape[-1] > d:
+        raise ValueError(f"x has head dimension {d}, fewer than the RoPE table's {cos.shape[-1]}")
+    if cos.shape[-1] < d:
+        r = cos.shape[-1]
+        return torch.cat([apply_rope(x[..., :r], cos, sin, offset), x[..., r:]], dim=-1)
     if offset + n > cos.shape[0]:
         raise ValueError(
             f"positions {offset}..{offset + n - 1} run past the RoPE table, which covers "

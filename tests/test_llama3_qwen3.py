@@ -233,7 +233,14 @@ def test_a_tied_model_refuses_a_checkpoint_whose_head_differs():
 
 
 def test_unsupported_rope_type_is_named():
-    with pytest.raises(ValueError, match="'yarn'"):
+    with pytest.raises(ValueError, match="'longrope'"):
+        config_from_hf(
+            {**LLAMA_REFERENCE, "model_type": "llama", "rope_parameters": {"rope_type": "longrope"}}
+        )
+
+
+def test_rope_scaling_without_its_settings_names_them():
+    with pytest.raises(ValueError, match="yarn RoPE scaling needs factor"):
         config_from_hf(
             {**LLAMA_REFERENCE, "model_type": "llama", "rope_parameters": {"rope_type": "yarn"}}
         )
