@@ -1,0 +1,289 @@
+"""shared.olmo3 against transformers' Olmo3ForCausalLM.
+
+A small random reference model with OLMo 3's architecture (post-norms, QK-norm over the whole
+projections, sliding-window layers with a window shorter than the test sequences, YaRN on the
+full-attention layer, a different RoPE base on the sliding ones, grouped key/value heads so the
+key norm is narrower than the query norm, an untied head) is saved with save_pretrained, read
+back with olmo3_config_from_hf and load_hf_weights, and must give the same logits and greedy
+tokens, with and without the KV cache. The published 7B configuration gives transformers' own
+RoPE tables and parameter count. Bad input gets errors that name the value.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shared.data import CorruptDataError
+from shared.olmo3 import (
+    OLMO3_CONFIG_7B,
+    OLMO3_LAYER_PATTERN,
+    OLMO3_STANDIN_CONFIG,
+    Olmo3Attention,
+    Olmo3Model,
+    OlmoRMSNorm,
+    load_pretrained_olmo3,
+    load_shards,
+    olmo3_config_from_hf,
+    shard_names,
+)
+from shared.open_models import RMSNorm, count_parameters, load_hf_weights, rope_tables_for
+from shared.pretraining import generate
+
+transformers = pytest.importorskip("transformers")
+modeling_olmo3 = pytest.importorskip("transformers.models.olmo3.modeling_olmo3")
+
+WINDOW = 8  # sliding window: the test sequences (20 to 40 tokens) are longer
+REFERENCE = {
+    "vocab_size": 320,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 4,  # Olmo3Config's default pattern: sliding, sliding, sliding, full
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,  # k_norm covers 2 * 16 dimensions, q_norm 4 * 16
+    "max_position_embeddings": 48,
+    "initializer_range": 0.1,  # larger than the default, so the logits differ clearly
+    "rms_norm_eps": 1e-6,
+    "sliding_window": WINDOW,
+    "eos_token_id": None,
+    "pad_token_id": 0,
+    "rope_parameters": {
+        "full_attention": {
+            "rope_type": "yarn",
+            "rope_theta": 10_000.0,
+            "factor": 4.0,
+            "original_max_position_embeddings": 12,  # the tests run past it
+        },
+        "sliding_attention": {"rope_type": "default", "rope_theta": 500_000.0},
+    },
+}
+
+# allenai/Olmo-3-1025-7B's config.json as transformers 4.57 writes it (rope_theta and
+# rope_scaling, not rope_parameters), with OLMO3_CONFIG_7B's values (see shared.olmo3).
+PUBLISHED_7B = {
+    "architectures": ["Olmo3ForCausalLM"],
+    "model_type": "olmo3",
+    "vocab_size": 100_278,
+    "hidden_size": 4096,
+    "intermediate_size": 11_008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "max_position_embeddings": 65_536,
+    "rms_norm_eps": 1e-6,
+    "sliding_window": 4096,
+    "layer_types": OLMO3_LAYER_PATTERN * 8,
+    "rope_theta": 500_000,
+    "rope_scaling": {
+        "rope_type": "yarn",
+        "factor": 8.0,
+        "original_max_position_embeddings": 8192,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "attention_factor": 1.2079441541679836,
+    },
+    "attention_bias": False,
+    "tie_word_embeddings": False,
+}
+
+
+def reference_config(**changes) -> "transformers.Olmo3Config":
+    return transformers.Olmo3Config(**{**REFERENCE, **changes})
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(reference model, course model loaded from the reference's saved files, saved folder)."""
+    torch.manual_seed(0)
+    reference = transformers.Olmo3ForCausalLM(reference_config()).eval()
+    folder = tmp_path_factory.mktemp("olmo3")
+    reference.save_pretrained(folder)
+    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
+    course = Olmo3Model(cfg).eval()
+    load_hf_weights(course, load_file(folder / "model.safetensors"))
+    return reference, course, folder
+
+
+def test_config_is_read_from_the_saved_config_json(pair):
+    reference, course, folder = pair
+    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
+    assert cfg["layer_types"] == reference.config.layer_types == OLMO3_LAYER_PATTERN
+    assert cfg["sliding_window"] == WINDOW and cfg["rope_local_base"] == 500_000.0
+    assert cfg["rope_base"] == 10_000.0 and cfg["rope_yarn_scaling"]["factor"] == 4.0
+    assert [block.att.window for block in course.trf_blocks] == [WINDOW, WINDOW, WINDOW, None]
+    assert course.out_head.weight is not course.tok_emb.weight
+    assert count_parameters(course) == sum(p.numel() for p in reference.parameters())
+
+
+def test_logits_match_the_reference(pair):
+    reference, course, _ = pair
+    ids = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        actual = course(ids)
+    assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
+    # float32 on both sides, the same operations in the same order up to the matmul kernels'
+    # summation order: rounding differences of about 1e-6 on logits of size ~3 (2.6e-6 seen).
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+
+
+def test_greedy_tokens_match_with_and_without_the_kv_cache(pair):
+    reference, course, _ = pair
+    prompt = torch.randint(0, 320, (1, 6), generator=torch.Generator().manual_seed(2))
+    new = 30  # 36 positions: past the window (8) and YaRN's original context (12)
+    with torch.no_grad():
+        expected = reference.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    uncached = generate(course, prompt, new, context_size=48)
+    cached = generate(course, prompt, new, context_size=48, use_cache=True)
+    assert torch.equal(uncached, expected)
+    assert torch.equal(cached, expected)
+
+
+def test_cached_logits_equal_the_full_forward_pass(pair):
+    _, course, _ = pair
+    ids = torch.randint(0, 320, (1, 30), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = course(ids)
+        cache = course.new_cache()
+        steps = [course(ids[:, :12], cache)]
+        steps += [course(ids[:, i : i + 1], cache) for i in range(12, 30)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    # The sliding layers keep only the last window - 1 positions; the full layer keeps all 30.
+    assert [layer.tensors[0].shape[2] for layer in cache.layers] == [WINDOW - 1] * 3 + [30]
+
+
+def test_bf16_loading_keeps_the_predictions(pair):
+    reference, course, folder = pair
+    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
+    model = Olmo3Model({**cfg, "dtype": torch.bfloat16}).eval()
+    load_hf_weights(model, load_file(folder / "model.safetensors"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = reference(ids).logits
+        actual = model(ids).float()
+    assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_olmo_rmsnorm_rounds_like_the_reference_in_bfloat16():
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 256).bfloat16()
+    scale = torch.rand(256) * 2
+    reference = modeling_olmo3.Olmo3RMSNorm(256, eps=1e-6).bfloat16()
+    olmo, llama_style = OlmoRMSNorm(256, 1e-6, torch.bfloat16), RMSNorm(256, 1e-6, torch.bfloat16)
+    with torch.no_grad():
+        for norm in (reference, olmo, llama_style):
+            next(norm.parameters()).copy_(scale)
+        assert torch.equal(olmo(x), reference(x)) and olmo(x).dtype == torch.bfloat16
+        assert not torch.equal(llama_style(x), reference(x))  # casting first rounds twice
+
+
+def test_qk_norm_covers_the_whole_projection():
+    torch.manual_seed(0)
+    att = Olmo3Attention(d_in=64, num_heads=4, num_kv_groups=2, head_dim=16)  # scales at 1
+    assert att.q_norm.scale.shape == (4 * 16,) and att.k_norm.scale.shape == (2 * 16,)
+    with torch.no_grad():
+        att.W_query.weight[:16] *= 10  # the first head's projection grows
+        queries, keys, _ = att.project(torch.randn(1, 5, 64))  # (1, 4, 5, 16), (1, 2, 5, 16)
+    # One root mean square per token over all heads together, so heads keep their sizes.
+    torch.testing.assert_close(queries.pow(2).mean(dim=(1, 3)), torch.ones(1, 5))
+    torch.testing.assert_close(keys.pow(2).mean(dim=(1, 3)), torch.ones(1, 5))
+    per_head = queries.pow(2).mean(dim=3)  # (1, 4, 5)
+    assert (per_head[:, 0] > 10 * per_head[:, 1:].amax(dim=1)).all()
+
+
+def test_published_config_is_read_and_gives_the_reference_rope_tables():
+    assert olmo3_config_from_hf(PUBLISHED_7B) == OLMO3_CONFIG_7B
+    settings = {k: v for k, v in PUBLISHED_7B.items() if k not in ("architectures", "model_type")}
+    rotary = modeling_olmo3.Olmo3RotaryEmbedding(transformers.Olmo3Config(**settings))
+    positions = torch.arange(65_536)[None]
+    for layer_type in ("full_attention", "sliding_attention"):
+        expected_cos, expected_sin = rotary(torch.zeros(1), positions, layer_type)
+        cos, sin = rope_tables_for(OLMO3_CONFIG_7B, layer_type)
+        # The same float32 arithmetic: equal to the last bit over all 65,536 positions.
+        assert torch.equal(cos, expected_cos[0]) and torch.equal(sin, expected_sin[0])
+    assert cos[0, 0] == 1.0  # sliding layers: plain RoPE
+    full_cos, _ = rope_tables_for(OLMO3_CONFIG_7B, "full_attention")
+    assert full_cos[0, 0].item() == pytest.approx(1.2079441541679836)  # YaRN's attention factor
+
+
+def test_published_7b_config_has_the_reference_parameter_count():
+    settings = {k: v for k, v in PUBLISHED_7B.items() if k not in ("architectures", "model_type")}
+    with torch.device("meta"):
+        course = Olmo3Model(OLMO3_CONFIG_7B)
+        reference = transformers.Olmo3ForCausalLM(transformers.Olmo3Config(**settings))
+    # 7,298,011,136: transformers' count for the same config (and the checkpoint's listed size).
+    assert count_parameters(course) == sum(p.numel() for p in reference.parameters())
+    assert count_parameters(course) == 7_298_011_136
+
+
+def test_a_sharded_checkpoint_loads_through_its_index(pair, tmp_path):
+    reference, course, folder = pair
+    reference.save_pretrained(tmp_path, max_shard_size="40KB")
+    names = shard_names(tmp_path / "model.safetensors.index.json")
+    assert len(names) > 1 and all((tmp_path / name).exists() for name in names)
+    params = load_shards([tmp_path / name for name in names])
+    assert params.keys() == load_file(folder / "model.safetensors").keys()
+    model = Olmo3Model(olmo3_config_from_hf(json.loads((folder / "config.json").read_text())))
+    load_hf_weights(model, params)
+    for (name, mine), theirs in zip(model.state_dict().items(), course.state_dict().values()):
+        assert torch.equal(mine, theirs), name
+    with pytest.raises(ValueError, match=f"{names[1]} repeats"):
+        load_shards([tmp_path / names[1], tmp_path / names[1]])
+
+
+def test_an_index_without_a_weight_map_is_named(tmp_path):
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_text('{"metadata": {}}')
+    with pytest.raises(CorruptDataError, match="model.safetensors.index.json: no weight_map"):
+        shard_names(path)
+
+
+def test_missing_layer_types_get_olmo3s_pattern():
+    without = {k: v for k, v in PUBLISHED_7B.items() if k not in ("layer_types", "sliding_window")}
+    cfg = olmo3_config_from_hf(without)
+    assert cfg["layer_types"] == OLMO3_CONFIG_7B["layer_types"] and cfg["sliding_window"] == 4096
+
+
+def test_bad_configurations_are_refused_by_value():
+    with pytest.raises(ValueError, match="model_type 'olmo2'"):
+        olmo3_config_from_hf({**PUBLISHED_7B, "model_type": "olmo2"})
+    small = OLMO3_STANDIN_CONFIG
+    with pytest.raises(ValueError, match="norm_placement='post', not 'pre'"):
+        Olmo3Model({**small, "norm_placement": "pre"})
+    with pytest.raises(ValueError, match="qk_norm=True"):
+        Olmo3Model({**small, "qk_norm": False})
+
+
+def test_under_the_test_switch_the_standin_runs_with_the_cache(capsys):
+    loaded = load_pretrained_olmo3()
+    assert loaded.is_standin
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "LLM_COURSE_STANDIN=1" in out and "stand-in" in out
+    assert loaded.model.layer_types == OLMO3_LAYER_PATTERN
+    ids = torch.tensor([loaded.tokenizer.encode("Every effort moves you")])
+    plain = generate(loaded.model, ids, 8, loaded.model.context_length)
+    cached = generate(loaded.model, ids, 8, loaded.model.context_length, use_cache=True)
+    assert torch.equal(plain, cached) and plain.shape == (1, ids.shape[1] + 8)
+
+
+def test_without_the_files_one_line_says_why_and_the_standin_runs(monkeypatch, capsys):
+    import shared.open_models
+    from shared.data import DataUnavailableError
+
+    def unavailable(spec, **kwargs):
+        raise DataUnavailableError(f"Could not get '{spec.name}'")
+
+    monkeypatch.delenv("LLM_COURSE_STANDIN")
+    monkeypatch.setattr(shared.open_models, "fetch", unavailable)
+    assert load_pretrained_olmo3().is_standin
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("OLMo 3 7B not available (offline?)")
