@@ -32,8 +32,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from shared.attention_ops import KVCache, LayerKV, split_heads
+from shared.attention_variants import kv_cache_bytes, kv_cache_bytes_per_token
 from shared.data import DataFile
-from shared.gated_deltanet import QWEN3_5_TENSOR_NAMES, DeltaNetState, GatedDeltaNet
+from shared.gated_deltanet import (
+    QWEN3_5_TENSOR_NAMES,
+    DeltaNetState,
+    GatedDeltaNet,
+    deltanet_state_bytes,
+)
 from shared.gpt2_weights import check_safetensors
 from shared.open_models import (
     OpenDecoderModel,
@@ -297,6 +303,33 @@ class Qwen3_5Model(OpenDecoderModel):
     def new_cache(self) -> HybridCache:
         """An empty cache for one batch of texts (see HybridCache)."""
         return HybridCache(self.layer_types)
+
+
+def hybrid_cache_bytes(
+    cfg: dict, num_tokens: int, batch_size: int = 1, dtype: torch.dtype = torch.bfloat16
+) -> int:
+    """Bytes of Qwen3_5Model(cfg)'s cache (HybridCache.nbytes) after num_tokens tokens of
+    batch_size texts: the keys and values of the full-attention layers, which grow with the
+    tokens (shared.attention_variants.kv_cache_bytes), plus a DeltaNet state per DeltaNet layer,
+    which does not (shared.gated_deltanet.deltanet_state_bytes: its recurrent part in float32).
+    dtype: the model's (keys, values and the convolution's inputs are kept in it). With every
+    layer "full_attention" in cfg["layer_types"] it is an all-attention model's cache."""
+    layer_types = cfg["layer_types"]
+    attention_layers = layer_types.count("full_attention")
+    per_token = kv_cache_bytes_per_token(cfg["n_kv_groups"], cfg["head_dim"], dtype)
+    state = deltanet_state_bytes(
+        cfg["deltanet_key_heads"],
+        cfg["deltanet_value_heads"],
+        cfg["deltanet_key_head_dim"],
+        cfg["deltanet_value_head_dim"],
+        cfg["deltanet_conv_kernel"],
+        dtype,
+    )
+    deltanet_layers = len(layer_types) - attention_layers
+    return (
+        kv_cache_bytes(per_token, attention_layers, num_tokens, batch_size)
+        + deltanet_layers * state * batch_size
+    )
 
 
 def qwen3_5_config_from_hf(hf_config: dict) -> dict:

@@ -23,6 +23,7 @@ from shared.qwen3_5 import (
     QWEN3_5_CONFIG_0_8B,
     GatedAttention,
     Qwen3_5Model,
+    hybrid_cache_bytes,
     hybrid_layer_types,
     load_pretrained_qwen3_5,
     qwen3_5_config_from_hf,
@@ -160,6 +161,21 @@ def test_only_the_attention_layers_cache_grows(pair):
         sizes.append([layer.nbytes for layer in cache.layers])
     grows = [after > before for before, after in zip(*sizes)]
     assert grows == [t == "full_attention" for t in course.layer_types]
+
+
+@pytest.mark.parametrize("length", [1, 10, 70])
+def test_cache_bytes_formula_equals_a_real_cache(pair, length):
+    _, course, folder = pair
+    cfg = qwen3_5_config_from_hf(saved_config(folder))
+    cache = course.new_cache()
+    with torch.no_grad():
+        course(torch.zeros(2, length, dtype=torch.long), cache)
+    assert cache.nbytes == hybrid_cache_bytes(cfg, length, batch_size=2, dtype=torch.float32)
+    all_attention = {**cfg, "layer_types": ["full_attention"] * 8}
+    kv_per_token = 2 * 2 * 32 * 4  # keys and values, 2 heads of 32 float32 numbers, per layer
+    assert (
+        hybrid_cache_bytes(all_attention, length, dtype=torch.float32) == 8 * length * kv_per_token
+    )
 
 
 def test_key_mapping_names_every_tensor_of_the_checkpoint(pair):
