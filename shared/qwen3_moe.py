@@ -18,8 +18,9 @@ record_router_logits collects), which keeps the router from sending every token 
 few experts.
 
 The weights (``Qwen/Qwen3-30B-A3B`` on Hugging Face) are open but large: 61 GB of bfloat16 in
-sharded safetensors files, which load_pretrained_qwen3_moe reads one tensor at a time
-(ShardedSafetensors), so it needs about 64 GB of memory. Hugging Face files store one tensor
+sharded safetensors files, which load_pretrained_qwen3_moe reads one tensor at a time into a
+model built without random initialisation (qwen3_moe_from_shards), so it needs about 64 GB of
+memory. Hugging Face files store one tensor
 per expert (``model.layers.0.mlp.experts.5.gate_proj.weight``): the published files and what
 transformers' save_pretrained writes. transformers 5 fuses them into 3-D tensors in memory;
 split_fused_experts turns such a state_dict back into per-expert tensors.
@@ -33,7 +34,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from shared.data import DataFile, fetch
@@ -50,6 +50,7 @@ from shared.open_models import (
     load_or_standin,
 )
 from shared.qwen3 import Qwen3Model, Qwen3Tokenizer
+from shared.weight_loading import SafetensorsFile, make_buffers, tie_head
 
 # The values of Qwen/Qwen3-30B-A3B's config.json, in the course's names. Read from public copies
 # of that file (fine-tunes that keep it unchanged) and Megatron's recipe for the model, which
@@ -362,27 +363,45 @@ def split_fused_experts(params: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 class ShardedSafetensors(Mapping):
-    """The tensors of a checkpoint split over several safetensors files, by name, each read from
-    its file (memory-mapped) only when asked for: loading a model from it needs little more
-    memory than the model. Raises ValueError when two files hold the same name."""
+    """The tensors of a checkpoint split over several safetensors files, by name, each read
+    from its file only when asked for (shared.weight_loading.SafetensorsFile, one per file).
+    Raises ValueError when two files hold the same name."""
 
     def __init__(self, paths: Iterable[Path]):
-        self._file_of: dict[str, object] = {}
+        self._file_of: dict[str, SafetensorsFile] = {}
         for path in paths:
-            shard = safe_open(str(path), framework="pt")
-            for name in shard.keys():
+            shard = SafetensorsFile(path)
+            for name in shard:
                 if name in self._file_of:
-                    raise ValueError(f"{name} is in more than one file (again in {path})")
+                    raise ValueError(f"{name} is in more than one file (again in {shard.path})")
                 self._file_of[name] = shard
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return self._file_of[name].get_tensor(name)
+        return self._file_of[name][name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)
 
     def __len__(self) -> int:
         return len(self._file_of)
+
+
+def qwen3_moe_from_shards(cfg: dict, paths: Iterable[Path]) -> Qwen3MoeModel:
+    """Qwen3MoeModel(cfg) with the weights of a sharded Hugging Face checkpoint, in eval mode.
+
+    Built on the meta device and given memory without random numbers (every weight is then
+    overwritten), the weights copied in one tensor at a time (ShardedSafetensors), as
+    shared.weight_loading.load_one_at_a_time does for one file: at most the model and one
+    tensor in memory, and no time spent initialising 30 billion numbers.
+    """
+    weights = ShardedSafetensors(paths)
+    with torch.device("meta"):
+        model = Qwen3MoeModel(cfg)
+    model.to_empty(device="cpu")
+    tie_head(model, cfg)  # before loading: hf_key_mapping expects a tied head once
+    make_buffers(model, cfg)
+    load_hf_weights(model, weights)
+    return model.eval()
 
 
 def shard_files(index_path: Path) -> list[DataFile]:
@@ -421,10 +440,9 @@ def load_pretrained_qwen3_moe(
     def load_real(paths: list[Path]) -> PretrainedOpenModel:
         tokenizer = Qwen3Tokenizer(paths[0])
         cfg = {**QWEN3_MOE_CONFIG_30B_A3B, "dtype": dtype}
-        model = Qwen3MoeModel(cfg)
-        load_hf_weights(model, ShardedSafetensors(fetch(spec) for spec in shard_files(paths[1])))
+        shards = [fetch(spec) for spec in shard_files(paths[1])]
         return PretrainedOpenModel(
-            model=model.eval(),
+            model=qwen3_moe_from_shards(cfg, shards),
             tokenizer=tokenizer,
             config=cfg,
             eos_id=tokenizer.token_id("<|im_end|>"),

@@ -24,6 +24,7 @@ from shared.qwen3_moe import (
     load_pretrained_qwen3_moe,
     moe_parameter_counts,
     qwen3_moe_config_from_hf,
+    qwen3_moe_from_shards,
     record_router_logits,
     shard_files,
     split_fused_experts,
@@ -287,8 +288,8 @@ def test_a_sharded_checkpoint_loads_through_its_index(pair, tmp_path):
     index = tmp_path / "model.safetensors.index.json"
     shards = {spec.name.rpartition("/")[2] for spec in shard_files(index)}
     assert len(shards) > 1 and shards == {p.name for p in tmp_path.glob("model-*.safetensors")}
-    model = Qwen3MoeModel(read_config(tmp_path)).eval()
-    load_hf_weights(model, ShardedSafetensors(tmp_path / name for name in sorted(shards)))
+    model = qwen3_moe_from_shards(read_config(tmp_path), [tmp_path / n for n in sorted(shards)])
+    assert not model.training and model.cos_full_attention.device.type == "cpu"
     ids = ids_of(10, seed=7)
     with torch.no_grad():
         assert torch.equal(model(ids), course(ids))
