@@ -1,6 +1,7 @@
 """Figures of ch04/attention-variants.ipynb: which keys and values are cached under multi-head,
 grouped-query and multi-head latent attention, the sliding-window mask beside the causal mask,
-and a mixture-of-experts router sending tokens to experts."""
+a mixture-of-experts router sending tokens to experts, and one step of Gated DeltaNet's state
+update."""
 
 from __future__ import annotations
 
@@ -234,4 +235,61 @@ def moe_routing() -> Figure:
           fontsize=FONT - 3, italic=True)  # fmt: skip
     label(ax, 5.0, 0.15, "stored: 4 experts' parameters; used per token: 2 experts (untrained router of section 6)",
           fontsize=FONT - 2, italic=True)  # fmt: skip
+    return fig
+
+
+def _state(ax, x: float, y: float, title: str, color: str, size: int = 4) -> None:
+    """One head's state: a size x size grid (d_k rows, d_v columns) with its top-left at (x, y)."""
+    grid(ax, x, y, [[""] * size for _ in range(size)], color, cell=0.28)
+    label(ax, x + size * 0.14, y + 0.2, title, fontsize=FONT - 1)
+
+
+@figure(
+    alt="One step of the gated delta rule for one head. The state S, a d_k by d_v matrix, is "
+    "first decayed by exp(g_t) (forget), then corrected: the memory's answer for the key k_t, "
+    "S transposed times k_t, is compared with the value v_t, and only the error, scaled by "
+    "beta_t, is written back as the outer product of k_t and the error. The output is S "
+    "transposed times the query q_t. The state keeps its size at every token, while softmax "
+    "attention's cache gains one key and one value per token."
+)
+def deltanet_state_update() -> Figure:
+    fig, ax = canvas(10.0, 4.4)
+    label(ax, 5.0, 4.15, "Gated DeltaNet: one state per head, updated once per token", bold=True)
+    top, w, h = 3.15, 0.5, 0.34
+    _state(ax, 0.35, top, "S before token t", "cache")
+    _state(ax, 3.05, top, "exp(g_t) · S", "#e8f5e4")  # faded: decayed
+    _state(ax, 6.35, top, "S after token t", "cache")
+    middle = top - 0.56
+    for x in (1.65, 4.35, 7.65):
+        arrow(ax, (x, middle), (x + 1.3, middle))
+    box(ax, 8.95, middle - h / 2, w + 0.3, h, "o_t", "context", rounded=False)
+    # What each step takes in (x of its box, x of its step's arrow), above that arrow.
+    inputs = [
+        (2.3, 2.3, "g_t", "weight"),
+        (4.45, 5.0, "k_t", "key"),
+        (5.0, 5.0, "v_t", "value"),
+        (5.55, 5.0, "β_t", "weight"),
+        (8.3, 8.3, "q_t", "query"),
+    ]
+    for x, step_x, text, color in inputs:
+        box(ax, x - w / 2, top + 0.35, w, h, text, color, rounded=False)
+        arrow(ax, (x, top + 0.35), (step_x, middle + 0.04), color="#999999")
+    steps = [
+        (2.3, "1. forget\nS ← exp(g_t) S\n(g_t ≤ 0: a decay\nchosen per token)"),
+        (5.0, "2. correct\nrecalled = Sᵀ k_t\nS ← S + β_t k_t (v_t − recalled)ᵀ\n(write only what the\nmemory gets wrong)"),
+        (8.3, "3. read\no_t = Sᵀ q_t"),
+    ]  # fmt: skip
+    for x, text in steps:
+        ax.text(x, 1.75, text, ha="center", va="top", fontsize=FONT - 1.5, linespacing=1.35)
+    label(ax, 0.9, top - 1.3, "d_k rows × d_v columns", fontsize=FONT - 2, italic=True)
+    _cache_area(ax, 0.3, 0.25, 9.4, 0.42, "")
+    label(
+        ax,
+        5.0,
+        0.46,
+        "after t tokens, attention caches t keys and t values per head; this state stays "
+        "d_k × d_v numbers per head",
+        fontsize=FONT - 1.5,
+        italic=True,
+    )
     return fig
