@@ -189,7 +189,8 @@ PUBLISHED_1B = {
     "sliding_window_pattern": 6,
     "vocab_size": 262144,
 }
-# google/gemma-3-270m's as re-saved by transformers 5 (layer_types, rope_parameters).
+# google/gemma-3-270m's (from public copies too, of models derived from it that keep it),
+# in the format transformers 5 writes: layer_types and rope_parameters.
 PUBLISHED_270M = {
     **{k: v for k, v in PUBLISHED_1B.items() if not k.startswith(("rope", "sliding_window_"))},
     "hidden_size": 640,
