@@ -1,7 +1,8 @@
 """shared.gated_deltanet: the recurrent and chunked gated delta rule agree with each other and
 with transformers' own PyTorch versions, the layer equals Qwen3.5's (weights copied by
 QWEN3_5_TENSOR_NAMES), generation with a DeltaNetState equals one full pass and the state does
-not grow, and bad input gets errors that name the value.
+not grow, ch04/attention-variants.ipynb's step and adapter equal the package, and bad input gets
+errors that name the value.
 
 Tolerances (everything in float32, whose rounding step is 1.2e-7 relative): the outputs here are
 of size 1 to 10 and each is a sum of at most a few dozen products, reached in a different order
@@ -24,6 +25,7 @@ from shared.gated_deltanet import (
     l2_normalize,
     recurrent_gated_delta_rule,
 )
+from tests.notebook_code import notebook_definitions
 
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}  # see the module docstring
 BATCH, HEADS, TOKENS, D_K, D_V = 2, 3, 37, 8, 6  # 37: not a multiple of any chunk size tried
@@ -113,6 +115,33 @@ def test_gradients_of_both_forms_agree():
         grads.append([leaves[name].grad for name in sorted(leaves)])
     for recurrent_grad, chunked_grad in zip(*grads, strict=True):
         torch.testing.assert_close(chunked_grad, recurrent_grad, atol=1e-4, rtol=1e-5)
+
+
+def test_the_notebooks_step_and_adapter_equal_the_package():
+    """ch04/attention-variants.ipynb writes the step out (delta_rule_step) and wraps the layer
+    for GPTModel (DeltaNetAttention): the same results as shared.gated_deltanet."""
+    notebook = notebook_definitions("ch04/attention-variants.ipynb")
+    inputs = delta_inputs()
+    state, steps = inputs["initial_state"], []
+    for t in range(TOKENS):
+        token = (inputs[name][:, :, t] for name in ("q", "k", "v", "g", "beta"))
+        o_t, state = notebook["delta_rule_step"](state, *token)
+        steps.append(o_t)
+    out, final_state = recurrent_gated_delta_rule(**inputs)
+    torch.testing.assert_close(torch.stack(steps, dim=2), out, **TOLERANCE)
+    torch.testing.assert_close(state, final_state, **TOLERANCE)
+
+    torch.manual_seed(1)
+    adapter = notebook["DeltaNetAttention"](32, 32, 16, 0.0, 4).eval()  # MultiHeadAttention's args
+    torch.manual_seed(1)
+    layer = GatedDeltaNet(32, 4, 4, 8, 8).eval()
+    x = torch.randn(2, 9, 32)
+    layer_state = DeltaNetState()
+    with torch.no_grad():
+        assert torch.equal(adapter(x), layer(x))
+        steps = [adapter(x[:, i : i + 1], layer_kv=layer_state) for i in range(9)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), layer(x), **TOLERANCE)
+    assert layer_state.length == 9
 
 
 # --- against transformers ------------------------------------------------------------------------
