@@ -139,8 +139,8 @@ def chunked_gated_delta_rule(
     pad = -n % chunk_size
     q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
     g, beta = (F.pad(t, (0, pad)) for t in (g, beta))
-    q, k, v = (t.view(b, h, -1, chunk_size, t.shape[-1]) for t in (q, k, v))  # (b, h, N, C, .)
-    g, beta = (t.view(b, h, -1, chunk_size) for t in (g, beta))  # (b, h, N, C)
+    q, k, v = (t.reshape(b, h, -1, chunk_size, t.shape[-1]) for t in (q, k, v))  # (b, h, N, C, .)
+    g, beta = (t.reshape(b, h, -1, chunk_size) for t in (g, beta))  # (b, h, N, C)
 
     log_decay = g.cumsum(dim=-1)  # log G_i
     later = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=g.device).triu(1)
