@@ -15,12 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from shared.attention import causal_mask
 from shared.data import CorruptDataError
 from shared.olmo3 import (
     OLMO3_CONFIG_7B,
     OLMO3_LAYER_PATTERN,
     OLMO3_STANDIN_CONFIG,
     Olmo3Attention,
+    Olmo3Block,
     Olmo3Model,
     OlmoRMSNorm,
     load_pretrained_olmo3,
@@ -28,8 +30,16 @@ from shared.olmo3 import (
     olmo3_config_from_hf,
     shard_names,
 )
-from shared.open_models import RMSNorm, count_parameters, load_hf_weights, rope_tables_for
+from shared.open_models import (
+    RMSNorm,
+    SwiGLUFeedForward,
+    count_parameters,
+    load_hf_weights,
+    rope_tables_for,
+)
 from shared.pretraining import generate
+from shared.rope import rope_tables
+from tests.notebook_code import notebook_definitions
 
 transformers = pytest.importorskip("transformers")
 modeling_olmo3 = pytest.importorskip("transformers.models.olmo3.modeling_olmo3")
@@ -198,6 +208,27 @@ def test_qk_norm_covers_the_whole_projection():
     torch.testing.assert_close(keys.pow(2).mean(dim=(1, 3)), torch.ones(1, 5))
     per_head = queries.pow(2).mean(dim=3)  # (1, 4, 5)
     assert (per_head[:, 0] > 10 * per_head[:, 1:].amax(dim=1)).all()
+
+
+def test_the_notebooks_block_and_attention_equal_the_package(pair):
+    cfg = olmo3_config_from_hf(json.loads((pair[2] / "config.json").read_text()))
+    notebook = notebook_definitions("ch05/open-models/olmo3.ipynb")
+    torch.manual_seed(0)
+    attention = notebook["WholeProjectionQKNorm"](64, num_heads=4, num_kv_groups=2, head_dim=16)
+    block = notebook["PostNormBlock"](attention, SwiGLUFeedForward(64, 96), 64, eps=1e-6)
+    with torch.no_grad():
+        for name, param in block.named_parameters():
+            if name.endswith("scale"):  # norms' scales away from 1, so a misplaced norm shows
+                param.uniform_(0.5, 1.5)
+    package = Olmo3Block(cfg, "sliding_attention")  # a window of 8 < 12 tokens
+    package.load_state_dict(block.state_dict())  # strict: the same names and shapes
+    block.att.window = package.att.window
+    x = torch.randn(2, 12, 64)
+    cos, sin = rope_tables(16, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            block(x, cos, sin, causal_mask(12)), package(x, cos, sin, causal_mask(12))
+        )
 
 
 def test_published_config_is_read_and_gives_the_reference_rope_tables():
