@@ -157,7 +157,8 @@ class Olmo3Attention(RoPEGroupedQueryAttention):
 
 class Olmo3Block(OpenTransformerBlock):
     """OpenTransformerBlock with norm_placement "post", Olmo3Attention and OlmoRMSNorms:
-    x + post_att_norm(att(x)), then x + post_ff_norm(ff(x)).
+    x + post_att_norm(att(x)), then x + post_ff_norm(ff(x)). (The parent builds its own
+    attention and norms first; they are replaced, keeping the parent's names and window.)
     forward: x (b, n, d), cos, sin (L, k), mask, layer_kv -> (b, n, d)
     """
 
