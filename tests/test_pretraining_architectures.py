@@ -293,7 +293,7 @@ def test_script_trains_every_model_for_every_seed(monkeypatch, capsys, tmp_path)
     )
     plot = tmp_path / "losses.png"
     script.main(["--size", "tiny", "--context-length", "16", "--epochs", "1", "--seeds", "1", "2",
-                 "--device", "cpu", "--output", str(plot)])  # fmt: skip
+                 "--device", "cpu", "--plot", str(plot)])  # fmt: skip
     out = capsys.readouterr().out
     target = parameter_count(
         GPTModel, {**SMALL_GPT_CONFIG, **MODEL_SIZES["tiny"], "context_length": 16}
@@ -304,6 +304,20 @@ def test_script_trains_every_model_for_every_seed(monkeypatch, capsys, tmp_path)
     assert "Losses, seed 1:" in out and "Losses, seed 2:" in out
     assert "seed 1 val" in out and "seed 2 train" in out
     assert plot.stat().st_size > 0
+
+
+def test_script_sizes_and_their_learning_rates():
+    script = load_script(SCRIPT)
+    parse = script.build_parser().parse_args
+    book = parse([])
+    assert script.gpt_config(book) == {**SMALL_GPT_CONFIG, **MODEL_SIZES["124M"]}
+    assert script.learning_rate(book) == 4e-4  # the book's
+    notebook = parse(["--notebook-model"])
+    assert script.gpt_config(notebook) == SMALL_GPT_CONFIG
+    assert script.learning_rate(notebook) == 2e-3  # the notebook's
+    assert script.learning_rate(parse(["--size", "small"])) == 2e-3
+    assert script.learning_rate(parse(["--notebook-model", "--lr", "1e-3"])) == 1e-3
+    assert script.gpt_config(parse(["--context-length", "64"]))["context_length"] == 64
 
 
 def test_script_reports_bad_settings_in_one_line():
