@@ -173,18 +173,19 @@ class SparseMoEFeedForward(nn.Module):
         tokens = x.reshape(-1, x.shape[-1])  # (t, d), t = b * n
         weights, experts = self.route(tokens)  # (t, k)
         # The t * k (token, expert) pairs, sorted by expert: each expert's tokens become one
-        # run. Pair p belongs to token p // k.
+        # run of counts[e] pairs. Pair p belongs to token p // k.
         chosen = experts.flatten()
         order = chosen.argsort(stable=True)
+        pair_tokens, pair_weights = order // self.top_k, weights.flatten()[order]
         counts = torch.bincount(chosen, minlength=len(self.experts)).tolist()
-        token_runs = (order // self.top_k).split(counts)
-        weight_runs = weights.flatten()[order].split(counts)
         out = torch.zeros_like(tokens)
-        for expert, token_ids, token_weights in zip(
-            self.experts, token_runs, weight_runs, strict=True
-        ):
-            if token_ids.numel():  # an expert no token chose does not run
-                out.index_add_(0, token_ids, token_weights[:, None] * expert(tokens[token_ids]))
+        start = 0
+        for expert, count in zip(self.experts, counts, strict=True):
+            if count:  # an expert no token chose does not run
+                ids = pair_tokens[start : start + count]
+                weighted = pair_weights[start : start + count, None] * expert(tokens[ids])
+                out.index_add_(0, ids, weighted)
+                start += count
         return out.view_as(x)
 
 
