@@ -101,7 +101,7 @@ def evaluate_model(
 def generate_and_print_sample(model: nn.Module, tokenizer, device, start_context: str) -> str:
     """Greedily continue start_context by 50 tokens, print the text on one line and return it."""
     model.eval()
-    context_size = model.pos_emb.weight.shape[0]
+    context_size = model.context_length  # GPTModel and the open models both have it
     encoded = text_to_token_ids(start_context, tokenizer).to(device)
     with torch.no_grad():
         token_ids = generate(model, encoded, max_new_tokens=50, context_size=context_size)
