@@ -268,8 +268,12 @@ class LoadingRun:
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of model's parameters and buffers, a tensor shared by two modules counted once."""
-    tensors = {t.data_ptr(): t.nbytes for t in (*model.parameters(), *model.buffers())}
+    """Bytes of model's parameters and buffers, memory shared by two of them counted once (on
+    the meta device, where nothing has an address, each tensor counts)."""
+    tensors = {
+        id(t) if t.is_meta else t.data_ptr(): t.nbytes
+        for t in (*model.parameters(), *model.buffers())
+    }
     return sum(tensors.values())
 
 

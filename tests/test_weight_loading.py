@@ -24,6 +24,7 @@ from shared.weight_loading import (
     logits_agreement,
     make_buffers,
     measure_loading,
+    model_bytes,
     save_random_checkpoint,
 )
 from tests.notebook_code import REPO
@@ -106,6 +107,14 @@ def test_buffers_are_real_and_equal_a_built_models(saved, way):
     for name, buffer in buffers.items():
         assert buffer.device.type == "cpu", name
         assert torch.equal(buffer, built[name]), name
+
+
+def test_model_bytes_counts_shared_memory_once():
+    model = OpenDecoderModel(TIED)
+    expected = sum(t.nbytes for t in (*model.parameters(), *model.buffers()))  # tied head once
+    assert model_bytes(build_on_meta(TIED)) == expected
+    model.out_head.weight = torch.nn.Parameter(model.tok_emb.weight.detach())  # one memory
+    assert model_bytes(model) == expected
 
 
 def test_make_buffers_replaces_every_meta_buffer():
