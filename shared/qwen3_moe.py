@@ -20,9 +20,9 @@ few experts.
 The weights (``Qwen/Qwen3-30B-A3B`` on Hugging Face) are open but large: 61 GB of bfloat16 in
 sharded safetensors files, which load_pretrained_qwen3_moe reads one tensor at a time into a
 model built without random initialisation (qwen3_moe_from_shards), so it needs about 64 GB of
-memory. Hugging Face files store one tensor
-per expert (``model.layers.0.mlp.experts.5.gate_proj.weight``): the published files and what
-transformers' save_pretrained writes. transformers 5 fuses them into 3-D tensors in memory;
+memory. Hugging Face files store one tensor per expert
+(``model.layers.0.mlp.experts.5.gate_proj.weight``): the published files do, and so does
+transformers' save_pretrained. transformers 5 fuses them into 3-D tensors in memory;
 split_fused_experts turns such a state_dict back into per-expert tensors.
 """
 
@@ -56,9 +56,8 @@ from shared.weight_loading import SafetensorsFile, make_buffers, tie_head
 # of that file (fine-tunes that keep it unchanged) and Megatron's recipe for the model, which
 # agree; transformers' Qwen3MoeForCausalLM built from them has 30,532,122,624 parameters, of
 # which 3,353,032,704 are active per token: the "30.5B in total, 3.3B activated" of Qwen's
-# model card. The file also sets decoder_sparse_step 1
-# and mlp_only_layers [] (every layer sparse: the only layout supported here) and
-# use_sliding_window false.
+# model card. The file also sets decoder_sparse_step 1 and mlp_only_layers [] (every layer
+# sparse: the only layout supported here) and use_sliding_window false.
 QWEN3_MOE_CONFIG_30B_A3B = {
     "vocab_size": 151_936,  # vocab_size
     "context_length": 40_960,  # max_position_embeddings
@@ -109,12 +108,13 @@ QWEN3_MOE_STANDIN_CONFIG = {
 }
 
 _HF = "https://huggingface.co/Qwen/Qwen3-30B-A3B/resolve/main"
+_FOLDER = "qwen3-30b-a3b"  # in the course's cache
 
-# The shards' names come from the index (its weight_map), fetched first.
+# The shards' names come from the index (its weight_map), fetched first (shard_files).
 QWEN3_MOE_30B_A3B_FILES = [
-    DataFile("qwen3-30b-a3b/tokenizer.json", f"{_HF}/tokenizer.json", check=check_json),
+    DataFile(f"{_FOLDER}/tokenizer.json", f"{_HF}/tokenizer.json", check=check_json),
     DataFile(
-        "qwen3-30b-a3b/model.safetensors.index.json",
+        f"{_FOLDER}/model.safetensors.index.json",
         f"{_HF}/model.safetensors.index.json",
         check=check_json,
     ),
@@ -222,9 +222,21 @@ class Qwen3MoeBlock(OpenTransformerBlock):
         return names
 
 
+# What a Qwen3-MoE cfg has beyond Qwen3's keys.
+MOE_KEYS = ("num_experts", "num_experts_per_token", "moe_hidden_dim", "norm_topk_prob")
+
+
 class Qwen3MoeModel(Qwen3Model):
     """Qwen3-MoE: Qwen3Model whose every block is a Qwen3MoeBlock (cfg:
-    QWEN3_MOE_CONFIG_30B_A3B's keys)."""
+    QWEN3_MOE_CONFIG_30B_A3B's keys). Raises ValueError naming the MOE_KEYS cfg lacks."""
+
+    def __init__(self, cfg: dict):
+        missing = [key for key in MOE_KEYS if key not in cfg]
+        if missing:
+            raise ValueError(
+                f"a Qwen3-MoE cfg needs {', '.join(missing)} (see QWEN3_MOE_CONFIG_30B_A3B)"
+            )
+        super().__init__(cfg)
 
     def make_block(self, cfg: dict, layer_type: str) -> nn.Module:
         return Qwen3MoeBlock(cfg, layer_type)
@@ -409,9 +421,8 @@ def shard_files(index_path: Path) -> list[DataFile]:
     """The safetensors files that a model.safetensors.index.json names (its weight_map's
     values), cached beside it, from the same address."""
     index = json.loads(index_path.read_text(encoding="utf-8"))
-    folder = QWEN3_MOE_30B_A3B_FILES[1].name.rpartition("/")[0]
     return [
-        DataFile(f"{folder}/{name}", f"{_HF}/{name}", check=check_safetensors)
+        DataFile(f"{_FOLDER}/{name}", f"{_HF}/{name}", check=check_safetensors)
         for name in sorted(set(index["weight_map"].values()))
     ]
 

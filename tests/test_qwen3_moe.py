@@ -341,6 +341,13 @@ def test_bad_routing_settings_are_named():
         load_balancing_loss(logits, 5)
 
 
+def test_a_dense_qwen3_config_is_refused_naming_what_it_lacks():
+    from shared.qwen3 import QWEN3_CONFIG_0_6B
+
+    with pytest.raises(ValueError, match="needs num_experts, num_experts_per_token, moe_hidden"):
+        Qwen3MoeModel(QWEN3_CONFIG_0_6B)
+
+
 def test_under_the_test_switch_the_standin_runs_with_the_cache(capsys):
     loaded = load_pretrained_qwen3_moe()
     assert loaded.is_standin
