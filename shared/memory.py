@@ -504,7 +504,7 @@ def _resident(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _reset_peak(device: torch.device) -> None:
+def reset_peak(device: torch.device) -> None:
     """Start counting the peak from now."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -513,8 +513,8 @@ def _reset_peak(device: torch.device) -> None:
             clear.write("5")  # resets VmHWM to the current resident memory
 
 
-def _in_use(device: torch.device, peak: bool) -> int:
-    """Bytes in use on device now, or at the peak since _reset_peak."""
+def bytes_in_use(device: torch.device, peak: bool) -> int:
+    """Bytes in use on device now, or at the peak since reset_peak."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device)
@@ -528,7 +528,7 @@ def _measure(specs_json: str) -> list[int]:
     def run(spec: dict, cfg: dict, b: int, n: int) -> int:
         device, dtype = torch.device(spec["device"]), as_dtype(spec["dtype"])
         torch.manual_seed(0)
-        before = _in_use(device, peak=False)
+        before = bytes_in_use(device, peak=False)
         if spec["training"]:
             model = GPTModel(cfg).to(device, dtype)
             optimizer = torch.optim.AdamW(model.parameters())
@@ -537,14 +537,14 @@ def _measure(specs_json: str) -> list[int]:
 
             model = KVCacheGPTModel(cfg).to(device, dtype).eval()
         ids = torch.randint(0, cfg["vocab_size"], (2, b, n), device=device)
-        _reset_peak(device)  # not before: converting the weights to dtype holds both copies
+        reset_peak(device)  # not before: converting the weights to dtype holds both copies
         if spec["training"]:
             for _ in range(2):
                 training_step(model, optimizer, ids[0], ids[1], spec["checkpointing"])
         else:
             with torch.no_grad():
                 model(ids[0], model.new_cache())
-        return _in_use(device, peak=True) - before
+        return bytes_in_use(device, peak=True) - before
 
     peaks = []
     for spec in json.loads(specs_json):

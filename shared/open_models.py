@@ -391,10 +391,16 @@ class OpenDecoderModel(nn.Module):
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False, dtype=dtype)
         if cfg["tie_embeddings"]:
             self.out_head.weight = self.tok_emb.weight
-        # One pair of RoPE tables per layer type in use (buffers cos_<type>, sin_<type>).
+        self.make_buffers(cfg)
+
+    def make_buffers(self, cfg: dict) -> None:
+        """(Re)make the buffers no checkpoint holds, on the CPU: one pair of RoPE tables per
+        layer type in use (cos_<type>, sin_<type>, each (L, r), float32) and the causal mask.
+        A model built on the meta device calls it again to get real ones (shared.weight_loading).
+        """
         for layer_type in sorted(set(self.layer_types)):
             cos, sin = rope_tables_for(cfg, layer_type)
-            self.register_buffer(f"cos_{layer_type}", cos, persistent=False)  # (L, r), float32
+            self.register_buffer(f"cos_{layer_type}", cos, persistent=False)
             self.register_buffer(f"sin_{layer_type}", sin, persistent=False)
         # The causal mask every layer shares, grown with the positions used (causal_mask_for):
         # a full (context_length, context_length) one would take 17 GB at 131,072 positions.

@@ -34,18 +34,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from shared.attention import causal_mask
 from shared.data import written_atomically
 from shared.gpt2_weights import check_safetensors
 from shared.memory import (
     CPU_PEAK_COUNTER,
     MEASURE_ENV,
-    _in_use,
-    _reset_peak,
     as_dtype,
+    bytes_in_use,
     format_bytes,
+    reset_peak,
 )
-from shared.open_models import OpenDecoderModel, hf_key_mapping, load_hf_weights, rope_tables_for
+from shared.open_models import OpenDecoderModel, hf_key_mapping, load_hf_weights
 
 # --- saving -------------------------------------------------------------------------------------
 
@@ -138,15 +137,11 @@ def build_on_meta(cfg: dict) -> OpenDecoderModel:
 
 
 def make_buffers(model: OpenDecoderModel, cfg: dict) -> None:
-    """Give a model built on the meta device real non-persistent buffers, on the CPU: the RoPE
-    tables of each layer type and the (empty) causal mask, computed as OpenDecoderModel.__init__
-    computes them. No checkpoint holds them, so loading leaves them on meta (and to_empty would
-    leave them uninitialised)."""
-    for layer_type in sorted(set(model.layer_types)):
-        cos, sin = rope_tables_for(cfg, layer_type)
-        setattr(model, f"cos_{layer_type}", cos)
-        setattr(model, f"sin_{layer_type}", sin)
-    model.mask = causal_mask(0)
+    """Give a model built on the meta device real non-persistent buffers, on the CPU (the RoPE
+    tables of each layer type and the empty causal mask: OpenDecoderModel.make_buffers). No
+    checkpoint holds them, so loading leaves them on meta (and to_empty would leave them
+    uninitialised)."""
+    model.make_buffers(cfg)
 
 
 def tie_head(model: OpenDecoderModel, cfg: dict) -> None:
@@ -342,17 +337,17 @@ def _measure(spec_json: str) -> None:
     prompt = torch.randint(
         0, cfg["vocab_size"], (1, spec["prompt_tokens"]), generator=torch.Generator().manual_seed(0)
     )
-    before = _in_use(cpu, peak=False)
-    _reset_peak(cpu)
+    before = bytes_in_use(cpu, peak=False)
+    reset_peak(cpu)
     start = time.perf_counter()
     model = LOADING_WAYS[spec["way"]](spec["path"], cfg)
     load_seconds = time.perf_counter() - start
-    loaded_bytes = _in_use(cpu, peak=False) - before
+    loaded_bytes = bytes_in_use(cpu, peak=False) - before
     start = time.perf_counter()
     with torch.no_grad():
         logits = model(prompt)[0]
     forward_seconds = time.perf_counter() - start
-    peak_bytes = _in_use(cpu, peak=True) - before
+    peak_bytes = bytes_in_use(cpu, peak=True) - before
     save_file({"logits": logits.float().contiguous()}, spec["logits_path"])
     figures = {
         "dtype": str(model.tok_emb.weight.dtype).removeprefix("torch."),
