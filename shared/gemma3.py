@@ -34,6 +34,7 @@ import torch
 from shared.data import DataFile
 from shared.gpt2_weights import check_safetensors
 from shared.open_models import (
+    HuggingFaceTokenizer,
     OpenDecoderModel,
     PretrainedOpenModel,
     build_standin,
@@ -42,7 +43,6 @@ from shared.open_models import (
     load_or_standin,
     load_pretrained_files,
 )
-from shared.qwen3 import Qwen3Tokenizer
 
 
 def gemma3_layer_types(n_layers: int, pattern: int = 6) -> list[str]:
@@ -232,7 +232,7 @@ def load_pretrained_gemma3(
     """Gemma 3 with Google's weights and tokenizer, in eval mode, parameters in dtype.
 
     variant: a key of GEMMA3_VARIANTS ("270m", "270m-it", "1b-pt", "1b-it"). The tokenizer is
-    Gemma's tokenizer.json read by Qwen3Tokenizer (the ``tokenizers`` library reads either).
+    Gemma's tokenizer.json read by HuggingFaceTokenizer (the ``tokenizers`` library reads either).
     Gemma expects <bos> first: chat_prompt starts with it; before a plain text for the
     pretrained variants, write "<bos>" yourself. eos_id is <end_of_turn> for the instruction-
     tuned variants (it ends a chat reply) and <eos> for the pretrained ones.
@@ -246,7 +246,7 @@ def load_pretrained_gemma3(
     repo, cfg, instruct = GEMMA3_VARIANTS[variant]
 
     def load_real(paths: list[Path]) -> PretrainedOpenModel:
-        tokenizer = Qwen3Tokenizer(paths[0])
+        tokenizer = HuggingFaceTokenizer(paths[0])
         return load_pretrained_files(
             Gemma3Model,
             {**cfg, "dtype": dtype},

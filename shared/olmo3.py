@@ -31,6 +31,7 @@ from shared.attention_ops import split_heads
 from shared.data import CorruptDataError, DataFile, fetch
 from shared.gpt2_weights import check_safetensors
 from shared.open_models import (
+    HuggingFaceTokenizer,
     OpenDecoderModel,
     OpenTransformerBlock,
     PretrainedOpenModel,
@@ -42,7 +43,6 @@ from shared.open_models import (
     load_hf_weights,
     load_or_standin,
 )
-from shared.qwen3 import Qwen3Tokenizer
 
 # OLMo 3's pattern: three sliding-window layers, then one full-attention layer (the last layer
 # is always full). Olmo3Config fills layer_types with it when a config.json has none.
@@ -261,7 +261,7 @@ def load_pretrained_olmo3(
     """
 
     def load_real(paths: list[Path]) -> PretrainedOpenModel:
-        tokenizer = Qwen3Tokenizer(paths[0])  # a tokenizer.json read by `tokenizers`
+        tokenizer = HuggingFaceTokenizer(paths[0])  # a tokenizer.json read by `tokenizers`
         shards = [
             fetch(DataFile(f"{_REPO}/{name}", f"{_HF}/{name}", check=check_safetensors))
             for name in shard_names(paths[1])

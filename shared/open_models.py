@@ -630,6 +630,32 @@ def check_json(path: Path) -> None:
         raise CorruptDataError(f"{path.name}: not valid JSON ({err})") from None
 
 
+class HuggingFaceTokenizer:
+    """A tokenizer.json (Qwen3's, Gemma 3's, OLMo 3's ...), read by the ``tokenizers`` library.
+
+    encode(text) -> list[int] (special tokens written in the text, such as <|im_start|>, are
+    recognised); decode(ids) -> str. token_id(token) -> the id of one special token.
+    """
+
+    def __init__(self, path: Path):
+        from tokenizers import Tokenizer  # only needed for real open models
+
+        self._tokenizer = Tokenizer.from_file(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def token_id(self, token: str) -> int:
+        """The id of token (e.g. "<|im_end|>"); ValueError when the vocabulary lacks it."""
+        token_id = self._tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"the tokenizer has no token {token!r}")
+        return token_id
+
+
 @dataclass
 class PretrainedOpenModel:
     """A loaded open model with its tokenizer; is_standin tells whether it is the random stand-in.

@@ -17,6 +17,7 @@ import torch
 from shared.data import DataFile
 from shared.gpt2_weights import check_safetensors
 from shared.open_models import (
+    HuggingFaceTokenizer,
     OpenDecoderModel,
     PretrainedOpenModel,
     build_standin,
@@ -63,32 +64,6 @@ QWEN3_0_6B_FILES = [
 ]
 
 
-class Qwen3Tokenizer:
-    """Qwen3's byte-level BPE from its tokenizer.json, read by the ``tokenizers`` library.
-
-    encode(text) -> list[int] (special tokens written in the text, such as <|im_start|>, are
-    recognised); decode(ids) -> str. token_id(token) -> the id of one special token.
-    """
-
-    def __init__(self, path: Path):
-        from tokenizers import Tokenizer  # only needed for the real Qwen3 tokenizer
-
-        self._tokenizer = Tokenizer.from_file(str(path))
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def token_id(self, token: str) -> int:
-        """The id of token (e.g. "<|im_end|>"); ValueError when the vocabulary lacks it."""
-        token_id = self._tokenizer.token_to_id(token)
-        if token_id is None:
-            raise ValueError(f"the tokenizer has no token {token!r}")
-        return token_id
-
-
 def chat_prompt(user_message: str) -> str:
     """Qwen3's chat format for one user message, with thinking switched off (an empty
     <think></think> block): the assistant's reply follows, ended by <|im_end|>."""
@@ -125,7 +100,7 @@ def load_pretrained_qwen3(
     """
 
     def load_real(paths: list[Path]) -> PretrainedOpenModel:
-        tokenizer = Qwen3Tokenizer(paths[0])
+        tokenizer = HuggingFaceTokenizer(paths[0])
         return load_pretrained_files(
             Qwen3Model,
             {**QWEN3_CONFIG_0_6B, "dtype": dtype},

@@ -16,7 +16,7 @@ The generation cache (HybridCache) holds a LayerKV (shared.attention_ops) for ea
 layer and a DeltaNetState for each DeltaNet layer: only the attention layers' part grows with
 the context. Weights and tokenizer (``Qwen/Qwen3.5-0.8B`` on Hugging Face, open) are those of a
 vision-language model; load_pretrained_qwen3_5 keeps its language model (text_weights). The
-tokenizer.json is read as Qwen3's (shared.qwen3.Qwen3Tokenizer), and the chat format is Qwen3's
+tokenizer.json is read as Qwen3's (shared.open_models.HuggingFaceTokenizer), and the chat format is Qwen3's
 <|im_start|> one (shared.qwen3.chat_prompt). Without a network it says so in one line and
 returns a small random stand-in.
 
@@ -42,6 +42,7 @@ from shared.gated_deltanet import (
 )
 from shared.gpt2_weights import check_safetensors
 from shared.open_models import (
+    HuggingFaceTokenizer,
     OpenDecoderModel,
     OpenTransformerBlock,
     PretrainedOpenModel,
@@ -54,7 +55,6 @@ from shared.open_models import (
     load_hf_weights,
     load_or_standin,
 )
-from shared.qwen3 import Qwen3Tokenizer
 
 # The token mixer of each layer: Gated DeltaNet, or gated full attention.
 HYBRID_LAYER_TYPES = ("linear_attention", "full_attention")
@@ -413,7 +413,7 @@ def load_pretrained_qwen3_5(
     """
 
     def load_real(paths: list[Path]) -> PretrainedOpenModel:
-        tokenizer = Qwen3Tokenizer(paths[0])
+        tokenizer = HuggingFaceTokenizer(paths[0])
         cfg = {**QWEN3_5_CONFIG_0_8B, "dtype": dtype}
         model = Qwen3_5Model(cfg)
         load_hf_weights(model, text_weights(load_file(paths[1])))

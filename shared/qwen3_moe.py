@@ -39,6 +39,7 @@ from torch import nn
 from shared.data import DataFile, fetch
 from shared.gpt2_weights import check_safetensors
 from shared.open_models import (
+    HuggingFaceTokenizer,
     OpenTransformerBlock,
     PretrainedOpenModel,
     SwiGLUFeedForward,
@@ -49,7 +50,7 @@ from shared.open_models import (
     load_hf_weights,
     load_or_standin,
 )
-from shared.qwen3 import Qwen3Model, Qwen3Tokenizer
+from shared.qwen3 import Qwen3Model
 from shared.weight_loading import SafetensorsFile, make_buffers, tie_head
 
 # The values of Qwen/Qwen3-30B-A3B's config.json, in the course's names. Read from public copies
@@ -444,13 +445,13 @@ def load_pretrained_qwen3_moe(
     """Qwen3-30B-A3B with Qwen's weights and tokenizer, in eval mode, parameters in dtype.
 
     Downloads (once, then from the cache) 61 GB of weights, in the files that the checkpoint's
-    index names, and needs about 64 GB of memory in bfloat16. The tokenizer and chat format are Qwen3's (shared.qwen3.Qwen3Tokenizer,
+    index names, and needs about 64 GB of memory in bfloat16. The tokenizer and chat format are Qwen3's (shared.open_models.HuggingFaceTokenizer,
     chat_prompt); eos_id is <|im_end|>. When LLM_COURSE_STANDIN=1, or the files cannot be had
     (offline), prints one line saying so and returns standin_qwen3_moe(seed).
     """
 
     def load_real(paths: list[Path]) -> PretrainedOpenModel:
-        tokenizer = Qwen3Tokenizer(paths[0])
+        tokenizer = HuggingFaceTokenizer(paths[0])
         cfg = {**QWEN3_MOE_CONFIG_30B_A3B, "dtype": dtype}
         shards = [fetch(spec) for spec in shard_files(paths[1])]
         return PretrainedOpenModel(

@@ -24,9 +24,13 @@ from shared.gemma3 import (
     gemma3_layer_types,
     load_pretrained_gemma3,
 )
-from shared.open_models import count_parameters, hf_key_mapping, load_hf_weights
+from shared.open_models import (
+    HuggingFaceTokenizer,
+    count_parameters,
+    hf_key_mapping,
+    load_hf_weights,
+)
 from shared.pretraining import generate
-from shared.qwen3 import Qwen3Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -294,7 +298,7 @@ def test_a_gemma_style_tokenizer_json_reads_its_chat_tokens(tmp_path):
     tokenizer.train_from_iterator([text] * 20, trainer)
     tokenizer.save(str(tmp_path / "tokenizer.json"))
 
-    gemma = Qwen3Tokenizer(tmp_path / "tokenizer.json")
+    gemma = HuggingFaceTokenizer(tmp_path / "tokenizer.json")
     prompt = chat_prompt("Every effort moves you")
     ids = gemma.encode(prompt)
     assert ids[:2] == [gemma.token_id("<bos>"), gemma.token_id("<start_of_turn>")] == [2, 4]

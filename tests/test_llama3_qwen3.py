@@ -17,9 +17,15 @@ from shared.llama3 import (
     llama3_tokenizer,
     load_pretrained_llama3,
 )
-from shared.open_models import config_from_hf, count_parameters, hf_key_mapping, load_hf_weights
+from shared.open_models import (
+    HuggingFaceTokenizer,
+    config_from_hf,
+    count_parameters,
+    hf_key_mapping,
+    load_hf_weights,
+)
 from shared.pretraining import generate
-from shared.qwen3 import Qwen3Model, Qwen3Tokenizer, chat_prompt, load_pretrained_qwen3
+from shared.qwen3 import Qwen3Model, chat_prompt, load_pretrained_qwen3
 from shared.tokenizers import gpt2_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -294,7 +300,7 @@ def test_qwen3_tokenizer_reads_a_tokenizer_json_with_chat_tokens(tmp_path):
     tokenizer.train_from_iterator(["Every effort moves you forward, every day."] * 20, trainer)
     tokenizer.save(str(tmp_path / "tokenizer.json"))
 
-    qwen = Qwen3Tokenizer(tmp_path / "tokenizer.json")
+    qwen = HuggingFaceTokenizer(tmp_path / "tokenizer.json")
     prompt = chat_prompt("Every effort moves you")
     ids = qwen.encode(prompt)
     assert ids[0] == qwen.token_id("<|im_start|>") == 1
