@@ -57,6 +57,8 @@ SCRIPTS = [
     "ch05/speed/benchmark_training.py",
     "ch05/speed/benchmark_generation.py",
     "ch05/open-models/benchmark_generation.py",
+    "ch05/open-models/benchmark_loading.py",
+    "ch05/open-models/pretrain_architectures.py",
     "ch06/train_classifier.py",
     "ch06/app.py",
     "ch07/finetune_instructions.py",
@@ -67,7 +69,12 @@ SCRIPTS = [
     "setup/execute_notebooks.py",
     "setup/device_check.py",
 ]
-NO_MODEL = {"ch07/score_responses.py", "setup/execute_notebooks.py"}  # so no --device
+# So no --device (benchmark_loading measures the CPU's resident memory).
+NO_MODEL = {
+    "ch07/score_responses.py",
+    "setup/execute_notebooks.py",
+    "ch05/open-models/benchmark_loading.py",
+}
 # They read no file, data or weights: argparse's usage error covers every bad input they take.
 NO_INPUT = {s for s in SCRIPTS if "benchmark" in s}
 # Runs before the course is installed, and copied on its own: it imports nothing of shared.
