@@ -280,9 +280,7 @@ class OpenTransformerBlock(nn.Module):
             scale=cfg.get("query_scale"),
             norm_offset=offset,
         )
-        self.ff = SwiGLUFeedForward(
-            cfg["emb_dim"], cfg["hidden_dim"], dtype, cfg.get("ff_activation", "silu")
-        )
+        self.ff = self.make_feed_forward(cfg)
 
         def norm() -> RMSNorm:
             return RMSNorm(cfg["emb_dim"], cfg["norm_eps"], dtype, offset)
@@ -291,6 +289,13 @@ class OpenTransformerBlock(nn.Module):
         self.norm1, self.norm2 = (norm(), norm()) if pre else (nn.Identity(), nn.Identity())
         self.post_att_norm, self.post_ff_norm = (
             (norm(), norm()) if post else (nn.Identity(), nn.Identity())
+        )
+
+    def make_feed_forward(self, cfg: dict) -> nn.Module:
+        """The block's feed-forward (ff): a SwiGLUFeedForward of cfg's hidden_dim and
+        ff_activation. Subclasses with another feed-forward (a mixture of experts) override it."""
+        return SwiGLUFeedForward(
+            cfg["emb_dim"], cfg["hidden_dim"], cfg.get("dtype"), cfg.get("ff_activation", "silu")
         )
 
     def hf_names(self) -> dict[str, str]:
@@ -407,7 +412,7 @@ class OpenDecoderModel(nn.Module):
         self.register_buffer("mask", causal_mask(0), persistent=False)
 
     def make_block(self, cfg: dict, layer_type: str) -> nn.Module:
-        """One transformer block; subclasses with other blocks (a mixture of experts) override it."""
+        """One transformer block; subclasses with other blocks (OLMo 3, Qwen3-MoE) override it."""
         return OpenTransformerBlock(cfg, layer_type)
 
     def rope_for(self, layer_type: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,8 +19,8 @@ few experts.
 
 The weights (``Qwen/Qwen3-30B-A3B`` on Hugging Face) are open but large: 61 GB of bfloat16 in
 sharded safetensors files, which load_pretrained_qwen3_moe reads one tensor at a time into a
-model built without random initialisation (qwen3_moe_from_shards), so it needs about 64 GB of
-memory. Hugging Face files store one tensor per expert
+model built without random initialisation (shared.weight_loading.load_into_empty), so it needs
+about 64 GB of memory. Hugging Face files store one tensor per expert
 (``model.layers.0.mlp.experts.5.gate_proj.weight``): the published files do, and so does
 transformers' save_pretrained. transformers 5 fuses them into 3-D tensors in memory;
 split_fused_experts turns such a state_dict back into per-expert tensors.
@@ -28,7 +28,6 @@ split_fused_experts turns such a state_dict back into per-expert tensors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +36,6 @@ import torch
 from torch import nn
 
 from shared.data import DataFile, fetch
-from shared.gpt2_weights import check_safetensors
 from shared.open_models import (
     HuggingFaceTokenizer,
     OpenTransformerBlock,
@@ -47,11 +45,10 @@ from shared.open_models import (
     check_json,
     count_parameters,
     decoder_config_from_hf,
-    load_hf_weights,
     load_or_standin,
 )
 from shared.qwen3 import Qwen3Model
-from shared.weight_loading import SafetensorsFile, make_buffers, tie_head
+from shared.weight_loading import ShardedSafetensors, load_into_empty, shard_files
 
 # The values of Qwen/Qwen3-30B-A3B's config.json, in the course's names. Read from public copies
 # of that file (fine-tunes that keep it unchanged) and Megatron's recipe for the model, which
@@ -199,11 +196,8 @@ class Qwen3MoeBlock(OpenTransformerBlock):
     num_experts_per_token, moe_hidden_dim, norm_topk_prob.
     forward: as OpenTransformerBlock."""
 
-    def __init__(self, cfg: dict, layer_type: str = "full_attention"):
-        # The base block builds a dense SwiGLU, replaced below; built at an expert's width, it
-        # costs little.
-        super().__init__({**cfg, "hidden_dim": cfg["moe_hidden_dim"]}, layer_type)
-        self.ff = SparseMoEFeedForward(
+    def make_feed_forward(self, cfg: dict) -> SparseMoEFeedForward:
+        return SparseMoEFeedForward(
             cfg["emb_dim"],
             cfg["moe_hidden_dim"],
             cfg["num_experts"],
@@ -376,58 +370,6 @@ def split_fused_experts(params: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return split
 
 
-class ShardedSafetensors(Mapping):
-    """The tensors of a checkpoint split over several safetensors files, by name, each read
-    from its file only when asked for (shared.weight_loading.SafetensorsFile, one per file).
-    Raises ValueError when two files hold the same name."""
-
-    def __init__(self, paths: Iterable[Path]):
-        self._file_of: dict[str, SafetensorsFile] = {}
-        for path in paths:
-            shard = SafetensorsFile(path)
-            for name in shard:
-                if name in self._file_of:
-                    raise ValueError(f"{name} is in more than one file (again in {shard.path})")
-                self._file_of[name] = shard
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._file_of[name][name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._file_of)
-
-    def __len__(self) -> int:
-        return len(self._file_of)
-
-
-def qwen3_moe_from_shards(cfg: dict, paths: Iterable[Path]) -> Qwen3MoeModel:
-    """Qwen3MoeModel(cfg) with the weights of a sharded Hugging Face checkpoint, in eval mode.
-
-    Built on the meta device and given memory without random numbers (every weight is then
-    overwritten), the weights copied in one tensor at a time (ShardedSafetensors), as
-    shared.weight_loading.load_one_at_a_time does for one file: at most the model and one
-    tensor in memory, and no time spent initialising 30 billion numbers.
-    """
-    weights = ShardedSafetensors(paths)
-    with torch.device("meta"):
-        model = Qwen3MoeModel(cfg)
-    model.to_empty(device="cpu")
-    tie_head(model, cfg)  # before loading: hf_key_mapping expects a tied head once
-    make_buffers(model, cfg)
-    load_hf_weights(model, weights)
-    return model.eval()
-
-
-def shard_files(index_path: Path) -> list[DataFile]:
-    """The safetensors files that a model.safetensors.index.json names (its weight_map's
-    values), cached beside it, from the same address."""
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    return [
-        DataFile(f"{_FOLDER}/{name}", f"{_HF}/{name}", check=check_safetensors)
-        for name in sorted(set(index["weight_map"].values()))
-    ]
-
-
 def standin_qwen3_moe(seed: int = 123) -> PretrainedOpenModel:
     """Qwen3MoeModel(QWEN3_MOE_STANDIN_CONFIG), seeded, with GPT-2's tokenizer (build_standin)."""
     return build_standin(
@@ -445,7 +387,9 @@ def load_pretrained_qwen3_moe(
     """Qwen3-30B-A3B with Qwen's weights and tokenizer, in eval mode, parameters in dtype.
 
     Downloads (once, then from the cache) 61 GB of weights, in the files that the checkpoint's
-    index names, and needs about 64 GB of memory in bfloat16. The tokenizer and chat format are Qwen3's (shared.open_models.HuggingFaceTokenizer,
+    index names, and needs about 64 GB of memory in bfloat16 (the model built without random
+    numbers, the weights read one tensor at a time: shared.weight_loading.load_into_empty). The
+    tokenizer and chat format are Qwen3's (shared.open_models.HuggingFaceTokenizer,
     chat_prompt); eos_id is <|im_end|>. When LLM_COURSE_STANDIN=1, or the files cannot be had
     (offline), prints one line saying so and returns standin_qwen3_moe(seed).
     """
@@ -453,9 +397,9 @@ def load_pretrained_qwen3_moe(
     def load_real(paths: list[Path]) -> PretrainedOpenModel:
         tokenizer = HuggingFaceTokenizer(paths[0])
         cfg = {**QWEN3_MOE_CONFIG_30B_A3B, "dtype": dtype}
-        shards = [fetch(spec) for spec in shard_files(paths[1])]
+        shards = [fetch(spec) for spec in shard_files(paths[1], _FOLDER, _HF)]
         return PretrainedOpenModel(
-            model=qwen3_moe_from_shards(cfg, shards),
+            model=load_into_empty(Qwen3MoeModel, cfg, ShardedSafetensors(shards)),
             tokenizer=tokenizer,
             config=cfg,
             eos_id=tokenizer.token_id("<|im_end|>"),

@@ -16,6 +16,11 @@ Four ways, each a function (path, cfg) -> model in eval mode, from the most memo
 
 measure_loading runs ways in fresh processes and reports the peak resident memory of each
 (Linux, with shared.memory's counter), its times and its logits; loading_table prints them.
+
+load_into_empty is load_one_at_a_time's way for any OpenDecoderModel class and any mapping of
+Hugging Face names to tensors: a SafetensorsFile, or a ShardedSafetensors over the files that
+a sharded checkpoint's model.safetensors.index.json names (shard_names, shard_files to fetch
+them). OLMo 3 and Qwen3-MoE load their published checkpoints with it.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +39,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from shared.data import written_atomically
+from shared.data import CorruptDataError, DataFile, written_atomically
 from shared.gpt2_weights import check_safetensors
 from shared.memory import (
     CPU_PEAK_COUNTER,
@@ -126,22 +131,62 @@ class SafetensorsFile(Mapping):
         return len(self._names)
 
 
+class ShardedSafetensors(Mapping):
+    """The tensors of a checkpoint split over several safetensors files, by name, each read
+    from its file only when asked for (a SafetensorsFile per file). Raises ValueError naming a
+    tensor that two files both hold."""
+
+    def __init__(self, paths: Iterable[str | Path]):
+        self._file_of: dict[str, SafetensorsFile] = {}
+        for path in paths:
+            shard = SafetensorsFile(path)
+            for name in shard:
+                if name in self._file_of:
+                    raise ValueError(f"{name} is in more than one file (again in {shard.path})")
+                self._file_of[name] = shard
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._file_of[name][name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._file_of)
+
+    def __len__(self) -> int:
+        return len(self._file_of)
+
+
+def shard_names(index_path: str | Path) -> list[str]:
+    """The safetensors files a model.safetensors.index.json names (its weight_map's values),
+    sorted, each once. Raises shared.data.CorruptDataError when it has no weight_map."""
+    index = json.loads(Path(index_path).read_text(encoding="utf-8"))
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not weight_map:
+        raise CorruptDataError(f"{Path(index_path).name}: no weight_map")
+    return sorted(set(weight_map.values()))
+
+
+def shard_files(index_path: str | Path, folder: str, url: str) -> list[DataFile]:
+    """The files shard_names(index_path) names, as shared.data.DataFiles to fetch: each cached
+    as folder/<name>, downloaded from url/<name>, checked to be a safetensors file."""
+    return [
+        DataFile(f"{folder}/{name}", f"{url}/{name}", check=check_safetensors)
+        for name in shard_names(index_path)
+    ]
+
+
 # --- building on the meta device -----------------------------------------------------------------
 
 
-def build_on_meta(cfg: dict) -> OpenDecoderModel:
-    """OpenDecoderModel(cfg) on PyTorch's meta device: every parameter and buffer has its shape
-    and dtype but no memory, and initialising them does nothing. Fast at any size."""
+def build_on_meta(
+    cfg: dict, model_class: type[OpenDecoderModel] = OpenDecoderModel
+) -> OpenDecoderModel:
+    """model_class(cfg) on PyTorch's meta device: every parameter and buffer has its shape and
+    dtype but no memory, and initialising them does nothing. Fast at any size.
+
+    The non-persistent buffers (RoPE tables, causal mask) are meta too, and no checkpoint holds
+    them: model.make_buffers(cfg) makes real ones on the CPU afterwards."""
     with torch.device("meta"):
-        return OpenDecoderModel(cfg)
-
-
-def make_buffers(model: OpenDecoderModel, cfg: dict) -> None:
-    """Give a model built on the meta device real non-persistent buffers, on the CPU (the RoPE
-    tables of each layer type and the empty causal mask: OpenDecoderModel.make_buffers). No
-    checkpoint holds them, so loading leaves them on meta (and to_empty would leave them
-    uninitialised)."""
-    model.make_buffers(cfg)
+        return model_class(cfg)
 
 
 def tie_head(model: OpenDecoderModel, cfg: dict) -> None:
@@ -178,7 +223,7 @@ def load_meta_assign(path: str | Path, cfg: dict) -> OpenDecoderModel:
     weight: where the file has the model's dtype, the memory-mapped file itself, so loading
     reads nothing and each weight becomes resident when first used; in another dtype, a
     converted copy of each. The tied head and the buffers are then made right (tie_head,
-    make_buffers).
+    model.make_buffers).
     """
     check_safetensors(Path(path))
     model = build_on_meta(cfg)
@@ -191,26 +236,36 @@ def load_meta_assign(path: str | Path, cfg: dict) -> OpenDecoderModel:
         state["out_head.weight"] = state["tok_emb.weight"]
     model.load_state_dict(state, assign=True)
     tie_head(model, cfg)
-    make_buffers(model, cfg)
+    model.make_buffers(cfg)
+    return model.eval()
+
+
+def load_into_empty(
+    model_class: type[OpenDecoderModel], cfg: dict, params: Mapping[str, torch.Tensor]
+) -> OpenDecoderModel:
+    """model_class(cfg) with params (Hugging Face names -> tensors), in eval mode, its memory
+    allocated but not initialised and each tensor copied in and let go before the next.
+
+    build_on_meta, then to_empty gives every parameter memory as it is (no random numbers: all
+    are overwritten), the head is tied again and the buffers made (model.make_buffers), and
+    load_hf_weights checks params and copies each in, converting to the model's dtype. With
+    params that read each tensor only when asked for (SafetensorsFile, ShardedSafetensors) it
+    holds the model (each page resident once written) and the tensor being copied: at most the
+    model and its largest tensor.
+    """
+    model = build_on_meta(cfg, model_class)
+    model.to_empty(device="cpu")
+    tie_head(model, cfg)  # before loading: hf_key_mapping expects a tied head once
+    model.make_buffers(cfg)
+    load_hf_weights(model, params)
     return model.eval()
 
 
 def load_one_at_a_time(path: str | Path, cfg: dict) -> OpenDecoderModel:
     """Memory allocated for the model but not initialised; each tensor of the memory-mapped
-    file copied in and let go before the next.
-
-    build_on_meta, then to_empty gives every parameter memory as it is (no random numbers: all
-    are overwritten), and load_hf_weights copies from a SafetensorsFile, which maps the file
-    for one tensor at a time. Holds the model (each page resident once written) and the tensor
-    being copied: at most the model and its largest tensor. copy_ converts to the model's dtype.
-    """
-    params = SafetensorsFile(path)
-    model = build_on_meta(cfg)
-    model.to_empty(device="cpu")
-    tie_head(model, cfg)  # before loading: hf_key_mapping expects a tied head once
-    make_buffers(model, cfg)
-    load_hf_weights(model, params)
-    return model.eval()
+    file copied in and let go before the next: load_into_empty from a SafetensorsFile, which
+    maps the file for one tensor at a time. Holds at most the model and its largest tensor."""
+    return load_into_empty(OpenDecoderModel, cfg, SafetensorsFile(path))
 
 
 def load_into_bf16(path: str | Path, cfg: dict) -> OpenDecoderModel:

@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import load_file
 
 from shared.attention import causal_mask
-from shared.data import CorruptDataError
 from shared.olmo3 import (
     OLMO3_CONFIG_7B,
     OLMO3_LAYER_PATTERN,
@@ -26,9 +25,7 @@ from shared.olmo3 import (
     Olmo3Model,
     OlmoRMSNorm,
     load_pretrained_olmo3,
-    load_shards,
     olmo3_config_from_hf,
-    shard_names,
 )
 from shared.open_models import (
     RMSNorm,
@@ -39,6 +36,7 @@ from shared.open_models import (
 )
 from shared.pretraining import generate
 from shared.rope import rope_tables
+from shared.weight_loading import ShardedSafetensors, load_into_empty, shard_names
 from tests.notebook_code import notebook_definitions
 
 transformers = pytest.importorskip("transformers")
@@ -257,25 +255,20 @@ def test_published_7b_config_has_the_reference_parameter_count():
 
 
 def test_a_sharded_checkpoint_loads_through_its_index(pair, tmp_path):
+    # As load_pretrained_olmo3 loads the published shards (shared.weight_loading tests the
+    # sharded reading itself).
     reference, course, folder = pair
     reference.save_pretrained(tmp_path, max_shard_size="40KB")
     names = shard_names(tmp_path / "model.safetensors.index.json")
     assert len(names) > 1 and all((tmp_path / name).exists() for name in names)
-    params = load_shards([tmp_path / name for name in names])
+    params = ShardedSafetensors(tmp_path / name for name in names)
     assert params.keys() == load_file(folder / "model.safetensors").keys()
-    model = Olmo3Model(olmo3_config_from_hf(json.loads((folder / "config.json").read_text())))
-    load_hf_weights(model, params)
-    for (name, mine), theirs in zip(model.state_dict().items(), course.state_dict().values()):
-        assert torch.equal(mine, theirs), name
-    with pytest.raises(ValueError, match=f"{names[1]} repeats"):
-        load_shards([tmp_path / names[1], tmp_path / names[1]])
-
-
-def test_an_index_without_a_weight_map_is_named(tmp_path):
-    path = tmp_path / "model.safetensors.index.json"
-    path.write_text('{"metadata": {}}')
-    with pytest.raises(CorruptDataError, match="model.safetensors.index.json: no weight_map"):
-        shard_names(path)
+    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
+    model = load_into_empty(Olmo3Model, cfg, params)
+    assert isinstance(model, Olmo3Model) and not model.training
+    assert course.state_dict().keys() == model.state_dict().keys()
+    for name, tensor in course.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
 
 
 def test_missing_layer_types_get_olmo3s_pattern():

@@ -13,22 +13,26 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from shared.open_models import count_parameters, hf_key_mapping, load_hf_weights
+from shared.open_models import (
+    SwiGLUFeedForward,
+    count_parameters,
+    hf_key_mapping,
+    load_hf_weights,
+)
 from shared.pretraining import generate
 from shared.qwen3_moe import (
     QWEN3_MOE_CONFIG_30B_A3B,
+    Qwen3MoeBlock,
     Qwen3MoeModel,
-    ShardedSafetensors,
     SparseMoEFeedForward,
     load_balancing_loss,
     load_pretrained_qwen3_moe,
     moe_parameter_counts,
     qwen3_moe_config_from_hf,
-    qwen3_moe_from_shards,
     record_router_logits,
-    shard_files,
     split_fused_experts,
 )
+from shared.weight_loading import ShardedSafetensors, load_into_empty, shard_names
 
 transformers = pytest.importorskip("transformers")
 
@@ -283,19 +287,35 @@ def test_a_transformers_state_dict_with_fused_experts_loads_after_splitting(pair
 
 
 def test_a_sharded_checkpoint_loads_through_its_index(pair, tmp_path):
+    # As load_pretrained_qwen3_moe loads the published shards (shared.weight_loading tests the
+    # sharded reading itself, and a name in two shards refused).
     reference, course, _ = pair
     reference.save_pretrained(tmp_path, max_shard_size="200KB")
-    index = tmp_path / "model.safetensors.index.json"
-    shards = {spec.name.rpartition("/")[2] for spec in shard_files(index)}
-    assert len(shards) > 1 and shards == {p.name for p in tmp_path.glob("model-*.safetensors")}
-    model = qwen3_moe_from_shards(read_config(tmp_path), [tmp_path / n for n in sorted(shards)])
-    assert not model.training and model.cos_full_attention.device.type == "cpu"
+    shards = shard_names(tmp_path / "model.safetensors.index.json")
+    assert len(shards) > 1 and set(shards) == {p.name for p in tmp_path.glob("model-*.safetensors")}
+    params = ShardedSafetensors(tmp_path / name for name in shards)
+    model = load_into_empty(Qwen3MoeModel, read_config(tmp_path), params)
+    assert isinstance(model, Qwen3MoeModel) and not model.training
+    assert model.cos_full_attention.device.type == "cpu"
     ids = ids_of(10, seed=7)
     with torch.no_grad():
         assert torch.equal(model(ids), course(ids))
-    first = tmp_path / sorted(shards)[0]
-    with pytest.raises(ValueError, match="in more than one file"):
-        ShardedSafetensors([first, first])
+
+
+def test_a_moe_block_builds_its_experts_and_no_dense_feed_forward(monkeypatch):
+    built = []
+    build = SwiGLUFeedForward.__init__
+
+    def counted(self, emb_dim, hidden_dim, *args, **kwargs):
+        built.append(hidden_dim)
+        build(self, emb_dim, hidden_dim, *args, **kwargs)
+
+    monkeypatch.setattr(SwiGLUFeedForward, "__init__", counted)
+    cfg = qwen3_moe_config_from_hf(transformers.Qwen3MoeConfig(**VARIANTS["published"]).to_dict())
+    block = Qwen3MoeBlock(cfg)
+    assert isinstance(block.ff, SparseMoEFeedForward)
+    assert built == [cfg["moe_hidden_dim"]] * cfg["num_experts"]  # the experts, nothing else
+    assert "ff.router.weight" in block.state_dict()
 
 
 def test_a_missing_expert_is_listed(pair):

@@ -1,9 +1,12 @@
 """shared.weight_loading: every way loads the naive way's weights (exactly in float32; bfloat16
 equals their bfloat16 cast), a tied head stays one Parameter, a model built on the meta device
-gets real buffers, bad files get errors that name what is wrong; the benchmark script runs end
-to end on a tiny model. (The memory figures themselves are the benchmark's, not a test's.)"""
+gets real buffers, a checkpoint split into shards loads through its index, bad files get errors
+that name what is wrong; the benchmark script runs end to end on a tiny model. (The memory
+figures themselves are the benchmark's, not a test's.)"""
 
+import json
 import os
+import re
 
 import pytest
 import torch
@@ -17,15 +20,18 @@ from shared.weight_loading import (
     LOADING_WAYS,
     LoadingRun,
     SafetensorsFile,
+    ShardedSafetensors,
     build_on_meta,
     load_into_bf16,
+    load_into_empty,
     load_meta_assign,
     load_naive,
     logits_agreement,
-    make_buffers,
     measure_loading,
     model_bytes,
     save_random_checkpoint,
+    shard_files,
+    shard_names,
 )
 from tests.notebook_code import REPO
 from tests.scripts import run_script
@@ -121,7 +127,7 @@ def test_make_buffers_replaces_every_meta_buffer():
     model = build_on_meta(SLIDING)
     assert {b.device.type for b in model.buffers()} == {"meta"}
     assert {p.device.type for p in model.parameters()} == {"meta"}  # no memory, no init
-    make_buffers(model, SLIDING)
+    model.make_buffers(SLIDING)
     assert {b.device.type for b in model.buffers()} == {"cpu"}
 
 
@@ -205,6 +211,57 @@ def test_safetensors_file_reads_one_tensor_at_a_time(tensors):
     assert torch.equal(lazy["model.norm.weight"], good["model.norm.weight"])
     with pytest.raises(KeyError, match="lm_head.weight"):
         lazy["lm_head.weight"]
+
+
+def split_into_shards(path, folder) -> list[str]:
+    """The tensors of the model.safetensors at path saved as two shards in folder, with a
+    model.safetensors.index.json naming them as Hugging Face's does; returns the shard names."""
+    tensors = load_file(path)
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[::2]}
+    halves["model-00002-of-00002.safetensors"] = names[1::2]
+    weight_map = {}
+    for shard, shard_tensors in halves.items():
+        save_file({name: tensors[name] for name in shard_tensors}, folder / shard)
+        weight_map.update(dict.fromkeys(shard_tensors, shard))
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}}
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({**index, "weight_map": weight_map})
+    )
+    return list(halves)
+
+
+def test_a_sharded_checkpoint_loads_through_its_index(saved, tmp_path):
+    cfg, path, naive = saved
+    written = split_into_shards(path, tmp_path)
+    index = tmp_path / "model.safetensors.index.json"
+    assert shard_names(index) == written
+    specs = shard_files(index, "some-model", "https://example.org/some-model")
+    assert [spec.name for spec in specs] == [f"some-model/{name}" for name in written]
+    assert specs[1].url == f"https://example.org/some-model/{written[1]}"
+    params = ShardedSafetensors(tmp_path / name for name in written)
+    assert sorted(params) == sorted(load_file(path)) and len(params) == len(load_file(path))
+    model = load_into_empty(OpenDecoderModel, cfg, params)
+    assert not model.training
+    assert (model.out_head.weight is model.tok_emb.weight) == cfg["tie_embeddings"]
+    for name, tensor in naive.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    assert torch.equal(logits(model), logits(naive))
+
+
+def test_a_tensor_in_two_shards_is_refused(tensors):
+    _, folder = tensors
+    good = folder / "good.safetensors"
+    first = next(iter(SafetensorsFile(good)))
+    with pytest.raises(ValueError, match=rf"{re.escape(first)} is in more than one file"):
+        ShardedSafetensors([good, good])
+
+
+def test_an_index_without_a_weight_map_is_named(tmp_path):
+    path = tmp_path / "model.safetensors.index.json"
+    path.write_text('{"metadata": {}}')
+    with pytest.raises(CorruptDataError, match="model.safetensors.index.json: no weight_map"):
+        shard_names(path)
 
 
 def test_logits_agreement_says_equal_close_or_differ():
