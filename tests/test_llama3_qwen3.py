@@ -5,11 +5,8 @@ loader (config_from_hf + load_hf_weights), and must give the same logits and gre
 with and without the KV cache. Bad input gets errors that name the value.
 """
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from shared.llama3 import (
     LLAMA3_SPECIAL_TOKENS,
@@ -27,6 +24,17 @@ from shared.open_models import (
 from shared.pretraining import generate
 from shared.qwen3 import Qwen3Model, chat_prompt, load_pretrained_qwen3
 from shared.tokenizers import gpt2_tokenizer
+from tests.hf_parity import (
+    assert_cached_logits_match,
+    assert_greedy_tokens_match,
+    assert_logits_match,
+    load_saved,
+    random_ids,
+    relative_logit_error,
+    save_and_load,
+    saved_config,
+    saved_weights,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -79,16 +87,13 @@ def pair(request, tmp_path_factory):
     torch.manual_seed(0)
     reference = model_class(config_class(**settings)).eval()
     folder = tmp_path_factory.mktemp(request.param)
-    reference.save_pretrained(folder)
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
-    course = course_class(cfg).eval()
-    load_hf_weights(course, load_file(folder / "model.safetensors"))
+    course = save_and_load(reference, folder, config_from_hf, course_class)
     return reference, course, folder
 
 
 def test_config_is_read_from_the_saved_config_json(pair):
     reference, course, folder = pair
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    cfg = config_from_hf(saved_config(folder))
     assert cfg["head_dim"] == reference.config.head_dim
     assert cfg["n_kv_groups"] == 2 and cfg["context_length"] == 48
     if cfg["qk_norm"]:  # Qwen3: tied head, plain RoPE
@@ -101,60 +106,30 @@ def test_config_is_read_from_the_saved_config_json(pair):
 
 def test_logits_match_the_reference(pair):
     reference, course, _ = pair
-    ids = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = course(ids)
-    assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert_logits_match(reference, course, random_ids(40, seed=1, batch=2), atol=1e-5)
 
 
 def test_greedy_tokens_match_with_and_without_the_kv_cache(pair):
     reference, course, _ = pair
-    prompt = torch.randint(0, 320, (1, 6), generator=torch.Generator().manual_seed(2))
     new = 30  # 36 positions: past the 12 of Llama's original RoPE context
-    with torch.no_grad():
-        expected = reference.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    uncached = generate(course, prompt, new, context_size=48)
-    cached = generate(course, prompt, new, context_size=48, use_cache=True)
-    assert torch.equal(uncached, expected)
-    assert torch.equal(cached, expected)
+    assert_greedy_tokens_match(reference, course, random_ids(6, seed=2), new, context_size=48)
 
 
 def test_cached_logits_equal_the_full_forward_pass(pair):
     _, course, _ = pair
-    ids = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        full = course(ids)
-        cache = course.new_cache()
-        steps = [course(ids[:, :12], cache)]
-        steps += [course(ids[:, i : i + 1], cache) for i in range(12, 20)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert_cached_logits_match(course, random_ids(20, seed=3), prompt_length=12, atol=1e-5)
 
 
 def test_bf16_loading_halves_the_memory_and_keeps_the_predictions(pair):
-    reference, _, folder = pair
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
-    model = type(pair[1])({**cfg, "dtype": torch.bfloat16}).eval()
-    load_hf_weights(model, load_file(folder / "model.safetensors"))
+    reference, course, folder = pair
+    model = load_saved(folder, config_from_hf, type(course), dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = model(ids).float()
-    assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+    assert relative_logit_error(reference, model, random_ids(16, seed=4)) < 0.05
 
 
 def test_key_mapping_names_every_tensor_of_the_checkpoint(pair):
     _, course, folder = pair
-    stored = set(load_file(folder / "model.safetensors"))
+    stored = set(saved_weights(folder))
     mapping = hf_key_mapping(course)
     assert set(mapping.values()) == stored
     assert mapping["trf_blocks.1.att.W_key.weight"] == "model.layers.1.self_attn.k_proj.weight"
@@ -162,7 +137,7 @@ def test_key_mapping_names_every_tensor_of_the_checkpoint(pair):
 
 def test_missing_and_unexpected_tensors_are_listed(pair):
     _, course, folder = pair
-    params = load_file(folder / "model.safetensors")
+    params = saved_weights(folder)
     params.pop("model.layers.1.mlp.up_proj.weight")
     params["model.layers.2.mlp.up_proj.weight"] = torch.zeros(1)
     with pytest.raises(ValueError) as err:
@@ -174,7 +149,7 @@ def test_missing_and_unexpected_tensors_are_listed(pair):
 
 def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(pair):
     _, course, folder = pair
-    params = load_file(folder / "model.safetensors")
+    params = saved_weights(folder)
     params["model.norm.weight"] = torch.ones(63)
     with pytest.raises(
         ValueError, match=r"model\.norm\.weight is \(63,\), final_norm\.scale needs \(64,\)"
@@ -184,7 +159,7 @@ def test_a_tensor_of_the_wrong_shape_is_named_with_both_shapes(pair):
 
 def test_qwen3_checkpoint_does_not_fit_llama3_and_vice_versa(pair):
     _, course, folder = pair
-    cfg = config_from_hf(json.loads((folder / "config.json").read_text()))
+    cfg = config_from_hf(saved_config(folder))
     other = Llama3Model if cfg["qk_norm"] else Qwen3Model
     with pytest.raises(ValueError, match="qk_norm"):
         other(cfg)
