@@ -8,11 +8,8 @@ tokens, with and without the course's KV cache. The published configs are checke
 published config.json values and parameter counts, and bad input gets errors naming the value.
 """
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from shared.gemma3 import (
     GEMMA3_CONFIG_1B,
@@ -28,9 +25,19 @@ from shared.open_models import (
     HuggingFaceTokenizer,
     count_parameters,
     hf_key_mapping,
-    load_hf_weights,
 )
 from shared.pretraining import generate
+from tests.hf_parity import (
+    assert_cached_logits_match,
+    assert_greedy_tokens_match,
+    assert_logits_match,
+    load_saved,
+    random_ids,
+    relative_logit_error,
+    save_and_load,
+    saved_config,
+    saved_weights,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -75,15 +82,8 @@ def pair(tmp_path_factory):
             if "norm" in name:
                 param.normal_(0.0, 0.3)
     folder = tmp_path_factory.mktemp("gemma3")
-    reference.save_pretrained(folder)
-    cfg = gemma3_config_from_hf(json.loads((folder / "config.json").read_text()))
-    course = Gemma3Model(cfg).eval()
-    load_hf_weights(course, load_file(folder / "model.safetensors"))
+    course = save_and_load(reference, folder, gemma3_config_from_hf, Gemma3Model)
     return reference, course, folder
-
-
-def saved_config(folder) -> dict:
-    return json.loads((folder / "config.json").read_text())
 
 
 def test_config_is_read_from_the_saved_config_json(pair):
@@ -99,67 +99,39 @@ def test_config_is_read_from_the_saved_config_json(pair):
 
 def test_logits_match_the_reference(pair):
     reference, course, _ = pair
-    ids = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = course(ids)
-    assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
     # Both compute in float32 with the same operations (the course masks before scaling rather
     # than after, which changes no unmasked score): the logits agree to float32 rounding (here
     # they are equal); 1e-5 leaves room for another BLAS's summation order. A missing feature
     # (the query scale, the local RoPE base, the window, the embedding scale) moves them by 0.9
     # to 3.5.
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert_logits_match(reference, course, random_ids(40, seed=1, batch=2), atol=1e-5)
 
 
 def test_greedy_tokens_match_with_and_without_the_kv_cache(pair):
     reference, course, _ = pair
-    prompt = torch.randint(0, 320, (1, 6), generator=torch.Generator().manual_seed(2))
     new = 30  # 36 positions: the sliding layers drop all but the last 5 of them
-    with torch.no_grad():
-        expected = reference.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    uncached = generate(course, prompt, new, context_size=48)
-    cached = generate(course, prompt, new, context_size=48, use_cache=True)
-    assert torch.equal(uncached, expected)
-    assert torch.equal(cached, expected)
+    assert_greedy_tokens_match(reference, course, random_ids(6, seed=2), new, context_size=48)
 
 
 def test_cached_logits_equal_the_full_forward_pass_and_sliding_layers_keep_the_window(pair):
     _, course, _ = pair
-    ids = torch.randint(0, 320, (1, 20), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        full = course(ids)
-        cache = course.new_cache()
-        steps = [course(ids[:, :12], cache)]  # a first chunk longer than the window
-        steps += [course(ids[:, i : i + 1], cache) for i in range(12, 20)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    # A first chunk of 12 tokens, longer than the window, then one token at a time.
+    cache = assert_cached_logits_match(course, random_ids(20, seed=3), prompt_length=12, atol=1e-5)
     kept = [layer.tensors[0].shape[2] for layer in cache.layers]
     assert kept == [WINDOW - 1, WINDOW - 1, 20, WINDOW - 1] and cache.length == 20
 
 
 def test_bf16_loading_keeps_the_predictions(pair):
     reference, _, folder = pair
-    cfg = gemma3_config_from_hf(saved_config(folder))
-    model = Gemma3Model({**cfg, "dtype": torch.bfloat16}).eval()
-    load_hf_weights(model, load_file(folder / "model.safetensors"))
+    model = load_saved(folder, gemma3_config_from_hf, Gemma3Model, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = model(ids).float()
-    assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+    assert relative_logit_error(reference, model, random_ids(16, seed=4)) < 0.05
 
 
 def test_key_mapping_names_every_tensor_with_gemmas_four_norms(pair):
     _, course, folder = pair
     mapping = hf_key_mapping(course)
-    assert set(mapping.values()) == set(load_file(folder / "model.safetensors"))
+    assert set(mapping.values()) == set(saved_weights(folder))
     block = "model.layers.1."
     assert mapping["trf_blocks.1.norm1.scale"] == block + "input_layernorm.weight"
     assert mapping["trf_blocks.1.post_att_norm.scale"] == block + "post_attention_layernorm.weight"

@@ -9,11 +9,8 @@ tokens, with and without the KV cache. The published 7B configuration gives tran
 RoPE tables and parameter count. Bad input gets errors that name the value.
 """
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from shared.attention import causal_mask
 from shared.olmo3 import (
@@ -31,12 +28,22 @@ from shared.open_models import (
     RMSNorm,
     SwiGLUFeedForward,
     count_parameters,
-    load_hf_weights,
     rope_tables_for,
 )
 from shared.pretraining import generate
 from shared.rope import rope_tables
 from shared.weight_loading import ShardedSafetensors, load_into_empty, shard_names
+from tests.hf_parity import (
+    assert_cached_logits_match,
+    assert_greedy_tokens_match,
+    assert_logits_match,
+    load_saved,
+    random_ids,
+    relative_logit_error,
+    save_and_load,
+    saved_config,
+    saved_weights,
+)
 from tests.notebook_code import notebook_definitions
 
 transformers = pytest.importorskip("transformers")
@@ -106,16 +113,13 @@ def pair(tmp_path_factory):
     torch.manual_seed(0)
     reference = transformers.Olmo3ForCausalLM(reference_config()).eval()
     folder = tmp_path_factory.mktemp("olmo3")
-    reference.save_pretrained(folder)
-    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
-    course = Olmo3Model(cfg).eval()
-    load_hf_weights(course, load_file(folder / "model.safetensors"))
+    course = save_and_load(reference, folder, olmo3_config_from_hf, Olmo3Model)
     return reference, course, folder
 
 
 def test_config_is_read_from_the_saved_config_json(pair):
     reference, course, folder = pair
-    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
+    cfg = olmo3_config_from_hf(saved_config(folder))
     assert cfg["layer_types"] == reference.config.layer_types == OLMO3_LAYER_PATTERN
     assert cfg["sliding_window"] == WINDOW and cfg["rope_local_base"] == 500_000.0
     assert cfg["rope_base"] == 10_000.0 and cfg["rope_yarn_scaling"]["factor"] == 4.0
@@ -126,59 +130,29 @@ def test_config_is_read_from_the_saved_config_json(pair):
 
 def test_logits_match_the_reference(pair):
     reference, course, _ = pair
-    ids = torch.randint(0, 320, (2, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = course(ids)
-    assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
     # float32 on both sides, the same operations in the same order up to the matmul kernels'
     # summation order: rounding differences of about 1e-6 on logits of size ~3 (2.6e-6 seen).
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert_logits_match(reference, course, random_ids(40, seed=1, batch=2), atol=1e-5)
 
 
 def test_greedy_tokens_match_with_and_without_the_kv_cache(pair):
     reference, course, _ = pair
-    prompt = torch.randint(0, 320, (1, 6), generator=torch.Generator().manual_seed(2))
     new = 30  # 36 positions: past the window (8) and YaRN's original context (12)
-    with torch.no_grad():
-        expected = reference.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    uncached = generate(course, prompt, new, context_size=48)
-    cached = generate(course, prompt, new, context_size=48, use_cache=True)
-    assert torch.equal(uncached, expected)
-    assert torch.equal(cached, expected)
+    assert_greedy_tokens_match(reference, course, random_ids(6, seed=2), new, context_size=48)
 
 
 def test_cached_logits_equal_the_full_forward_pass(pair):
     _, course, _ = pair
-    ids = torch.randint(0, 320, (1, 30), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        full = course(ids)
-        cache = course.new_cache()
-        steps = [course(ids[:, :12], cache)]
-        steps += [course(ids[:, i : i + 1], cache) for i in range(12, 30)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    cache = assert_cached_logits_match(course, random_ids(30, seed=3), prompt_length=12, atol=1e-5)
     # The sliding layers keep only the last window - 1 positions; the full layer keeps all 30.
     assert [layer.tensors[0].shape[2] for layer in cache.layers] == [WINDOW - 1] * 3 + [30]
 
 
 def test_bf16_loading_keeps_the_predictions(pair):
-    reference, course, folder = pair
-    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
-    model = Olmo3Model({**cfg, "dtype": torch.bfloat16}).eval()
-    load_hf_weights(model, load_file(folder / "model.safetensors"))
+    reference, _, folder = pair
+    model = load_saved(folder, olmo3_config_from_hf, Olmo3Model, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = model(ids).float()
-    assert (actual - expected).abs().max() < 0.05 * expected.abs().max()
+    assert relative_logit_error(reference, model, random_ids(16, seed=4)) < 0.05
 
 
 def test_olmo_rmsnorm_rounds_like_the_reference_in_bfloat16():
@@ -209,7 +183,7 @@ def test_qk_norm_covers_the_whole_projection():
 
 
 def test_the_notebooks_block_and_attention_equal_the_package(pair):
-    cfg = olmo3_config_from_hf(json.loads((pair[2] / "config.json").read_text()))
+    cfg = olmo3_config_from_hf(saved_config(pair[2]))
     notebook = notebook_definitions("ch05/open-models/olmo3.ipynb")
     torch.manual_seed(0)
     attention = notebook["WholeProjectionQKNorm"](64, num_heads=4, num_kv_groups=2, head_dim=16)
@@ -262,8 +236,8 @@ def test_a_sharded_checkpoint_loads_through_its_index(pair, tmp_path):
     names = shard_names(tmp_path / "model.safetensors.index.json")
     assert len(names) > 1 and all((tmp_path / name).exists() for name in names)
     params = ShardedSafetensors(tmp_path / name for name in names)
-    assert params.keys() == load_file(folder / "model.safetensors").keys()
-    cfg = olmo3_config_from_hf(json.loads((folder / "config.json").read_text()))
+    assert params.keys() == saved_weights(folder).keys()
+    cfg = olmo3_config_from_hf(saved_config(folder))
     model = load_into_empty(Olmo3Model, cfg, params)
     assert isinstance(model, Olmo3Model) and not model.training
     assert course.state_dict().keys() == model.state_dict().keys()

@@ -9,15 +9,12 @@ chunk (64). The published config is checked against its parameter count, the vis
 checkpoint's names are mapped, and bad input gets errors naming the value.
 """
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from shared.attention_ops import LayerKV
 from shared.gated_deltanet import DeltaNetState
-from shared.open_models import count_parameters, hf_key_mapping, load_hf_weights
+from shared.open_models import count_parameters, hf_key_mapping
 from shared.pretraining import generate
 from shared.qwen3_5 import (
     QWEN3_5_CONFIG_0_8B,
@@ -28,6 +25,17 @@ from shared.qwen3_5 import (
     load_pretrained_qwen3_5,
     qwen3_5_config_from_hf,
     text_weights,
+)
+from tests.hf_parity import (
+    assert_cached_logits_match,
+    assert_greedy_tokens_match,
+    assert_logits_match,
+    load_saved,
+    random_ids,
+    relative_logit_error,
+    save_and_load,
+    saved_config,
+    saved_weights,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -72,14 +80,8 @@ def pair(tmp_path_factory):
             if "norm" in name:
                 param.normal_(0.0, 0.3)
     folder = tmp_path_factory.mktemp("qwen3_5")
-    reference.save_pretrained(folder)
-    course = Qwen3_5Model(qwen3_5_config_from_hf(saved_config(folder))).eval()
-    load_hf_weights(course, load_file(folder / "model.safetensors"))
+    course = save_and_load(reference, folder, qwen3_5_config_from_hf, Qwen3_5Model)
     return reference, course, folder
-
-
-def saved_config(folder) -> dict:
-    return json.loads((folder / "config.json").read_text())
 
 
 def test_config_is_read_from_the_saved_config_json(pair):
@@ -99,11 +101,6 @@ def test_config_is_read_from_the_saved_config_json(pair):
 
 def test_logits_match_the_reference(pair):
     reference, course, _ = pair
-    ids = torch.randint(0, 320, (2, 90), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = course(ids)
-    assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
     # float32 on both sides. The attention layers compute as transformers does; the DeltaNet
     # layers run the same chunked delta rule over 64-token chunks (90 tokens: two chunks), but
     # with their own order of the matrix products and sums inside a chunk (shared.gated_deltanet
@@ -112,38 +109,21 @@ def test_logits_match_the_reference(pair):
     # leaves room for another BLAS. Each Qwen3.5 feature left out moves them by far more: the
     # RoPE base 1e6 instead of 1e7 by 0.23, RoPE on whole heads by 1.5, no output gate by 2.6,
     # plain instead of 1 + weight norms by 4.1.
-    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+    assert_logits_match(reference, course, random_ids(90, seed=1, batch=2), atol=1e-4)
 
 
 def test_greedy_tokens_match_with_and_without_the_cache(pair):
     reference, course, _ = pair
-    prompt = torch.randint(0, 320, (1, 6), generator=torch.Generator().manual_seed(2))
     new = 74  # 80 positions: past one DeltaNet chunk, in the prompt-free steps too
-    with torch.no_grad():
-        expected = reference.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    uncached = generate(course, prompt, new, context_size=CONTEXT)
-    cached = generate(course, prompt, new, context_size=CONTEXT, use_cache=True)
-    assert torch.equal(uncached, expected)
-    assert torch.equal(cached, expected)
+    assert_greedy_tokens_match(reference, course, random_ids(6, seed=2), new, CONTEXT)
 
 
 def test_cached_logits_equal_the_full_forward_pass(pair):
     _, course, _ = pair
-    ids = torch.randint(0, 320, (1, 80), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        full = course(ids)
-        cache = course.new_cache()
-        steps = [course(ids[:, :70], cache)]  # a prompt of two chunks, then one token at a time
-        steps += [course(ids[:, i : i + 1], cache) for i in range(70, 80)]
-    # The prompt runs the chunked form, the single tokens the recurrent one: the same rule,
-    # summed in another order (here 1.6e-5 apart at most; float32 rounding, as above).
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=0)
+    # A prompt of two chunks (70 tokens), then one token at a time. The prompt runs the chunked
+    # form, the single tokens the recurrent one: the same rule, summed in another order (here
+    # 1.6e-5 apart at most; float32 rounding, as above).
+    cache = assert_cached_logits_match(course, random_ids(80, seed=3), prompt_length=70, atol=1e-4)
     kinds = [type(layer) for layer in cache.layers]
     assert kinds == [
         LayerKV if t == "full_attention" else DeltaNetState for t in course.layer_types
@@ -180,24 +160,19 @@ def test_cache_bytes_formula_equals_a_real_cache(pair, length):
 
 def test_bf16_loading_keeps_the_predictions_and_a_float32_state(pair):
     reference, _, folder = pair
-    model = Qwen3_5Model({**qwen3_5_config_from_hf(saved_config(folder)), "dtype": torch.bfloat16})
-    load_hf_weights(model.eval(), load_file(folder / "model.safetensors"))
+    model = load_saved(folder, qwen3_5_config_from_hf, Qwen3_5Model, dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    ids = torch.randint(0, 320, (1, 70), generator=torch.Generator().manual_seed(4))
     cache = model.new_cache()
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = model(ids, cache).float()
     # bfloat16 keeps 8 significant bits; through eight layers the largest logit error here is
     # 6.6% of the largest logit, and transformers' own model loaded in bfloat16 is 6.8% off.
-    assert (actual - expected).abs().max() < 0.1 * expected.abs().max()
+    assert relative_logit_error(reference, model, random_ids(70, seed=4), cache) < 0.1
     states = [layer for layer in cache.layers if isinstance(layer, DeltaNetState)]
     assert {state.recurrent.dtype for state in states} == {torch.float32}
 
 
 def test_key_mapping_names_every_tensor_of_the_checkpoint(pair):
     _, course, folder = pair
-    stored = set(load_file(folder / "model.safetensors"))
+    stored = set(saved_weights(folder))
     mapping = hf_key_mapping(course)
     assert set(mapping.values()) == stored
     assert mapping["trf_blocks.3.att.W_query.weight"] == "model.layers.3.self_attn.q_proj.weight"
@@ -208,7 +183,7 @@ def test_key_mapping_names_every_tensor_of_the_checkpoint(pair):
 
 def test_the_vision_language_checkpoints_text_weights_load(pair):
     _, course, folder = pair
-    params = load_file(folder / "model.safetensors")
+    params = saved_weights(folder)
     published = {
         name.replace("model.", "model.language_model.", 1): t for name, t in params.items()
     }

@@ -6,12 +6,9 @@ and load_hf_weights, and must give the same logits, greedy tokens (with and with
 cache), router logits and load-balancing loss. Bad input gets errors that name the value.
 """
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from shared.open_models import (
     SwiGLUFeedForward,
@@ -33,6 +30,15 @@ from shared.qwen3_moe import (
     split_fused_experts,
 )
 from shared.weight_loading import ShardedSafetensors, load_into_empty, shard_names
+from tests.hf_parity import (
+    assert_cached_logits_match,
+    assert_greedy_tokens_match,
+    assert_logits_match,
+    random_ids,
+    save_and_load,
+    saved_config,
+    saved_weights,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -77,28 +83,23 @@ def pair(request, tmp_path_factory):
     config = transformers.Qwen3MoeConfig(**VARIANTS[request.param])
     reference = transformers.Qwen3MoeForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp(request.param)
-    reference.save_pretrained(folder)
-    course = Qwen3MoeModel(read_config(folder)).eval()
-    load_hf_weights(course, load_file(folder / "model.safetensors"))
+    course = save_and_load(reference, folder, qwen3_moe_config_from_hf, Qwen3MoeModel)
     return reference, course, folder
 
 
 def read_config(folder) -> dict:
-    return qwen3_moe_config_from_hf(json.loads((folder / "config.json").read_text()))
+    return qwen3_moe_config_from_hf(saved_config(folder))
 
 
 def read_config_of(reference) -> dict:
     return qwen3_moe_config_from_hf(reference.config.to_dict())
 
 
-def ids_of(length: int, seed: int, batch: int = 1) -> torch.Tensor:
-    return torch.randint(0, 320, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
 def test_config_is_read_from_the_saved_config_json(pair):
     reference, course, folder = pair
-    saved = json.loads((folder / "config.json").read_text())
-    assert "num_local_experts" in saved  # transformers 5 writes num_experts under this name
+    assert "num_local_experts" in saved_config(
+        folder
+    )  # transformers 5 writes num_experts under this name
     cfg = read_config(folder)
     assert cfg["num_experts"] == reference.config.num_experts
     assert cfg["num_experts_per_token"] == reference.config.num_experts_per_tok
@@ -110,7 +111,7 @@ def test_config_is_read_from_the_saved_config_json(pair):
 
 def test_the_checkpoint_holds_one_tensor_per_expert_and_the_mapping_names_them_all(pair):
     _, course, folder = pair
-    stored = set(load_file(folder / "model.safetensors"))
+    stored = set(saved_weights(folder))
     mapping = hf_key_mapping(course)
     assert set(mapping.values()) == stored
     assert mapping["trf_blocks.1.ff.router.weight"] == "model.layers.1.mlp.gate.weight"
@@ -122,48 +123,25 @@ def test_the_checkpoint_holds_one_tensor_per_expert_and_the_mapping_names_them_a
 
 def test_logits_match_the_reference(pair):
     reference, course, _ = pair
-    ids = ids_of(40, seed=1, batch=2)
-    with torch.no_grad():
-        expected = reference(ids).logits
-        actual = course(ids)
-    assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
     # float32, the same operations in the same order but for the experts' gate and up
     # projections (one fused matrix product there, two here): rounding differences of ~1e-6,
     # far below the size of a logit. A token routed to another expert would differ by ~0.1.
-    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
+    assert_logits_match(reference, course, random_ids(40, seed=1, batch=2), atol=1e-5)
 
 
 def test_greedy_tokens_match_with_and_without_the_kv_cache(pair):
     reference, course, _ = pair
-    prompt = ids_of(6, seed=2)
-    new = 30
-    with torch.no_grad():
-        expected = reference.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=False,
-            pad_token_id=0,
-        )
-    assert torch.equal(generate(course, prompt, new, context_size=48), expected)
-    assert torch.equal(generate(course, prompt, new, context_size=48, use_cache=True), expected)
+    assert_greedy_tokens_match(reference, course, random_ids(6, seed=2), 30, context_size=48)
 
 
 def test_cached_logits_equal_the_full_forward_pass(pair):
     _, course, _ = pair
-    ids = ids_of(20, seed=3)
-    with torch.no_grad():
-        full = course(ids)
-        cache = course.new_cache()
-        steps = [course(ids[:, :12], cache)]
-        steps += [course(ids[:, i : i + 1], cache) for i in range(12, 20)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=0)
+    assert_cached_logits_match(course, random_ids(20, seed=3), prompt_length=12, atol=1e-5)
 
 
 def test_router_logits_and_the_load_balancing_loss_match_the_reference(pair):
     reference, course, _ = pair
-    ids = ids_of(24, seed=4, batch=2)
+    ids = random_ids(24, seed=4, batch=2)
     with torch.no_grad():
         out = reference(ids, labels=ids, output_router_logits=True)
         with record_router_logits(course) as router_logits:
@@ -297,7 +275,7 @@ def test_a_sharded_checkpoint_loads_through_its_index(pair, tmp_path):
     model = load_into_empty(Qwen3MoeModel, read_config(tmp_path), params)
     assert isinstance(model, Qwen3MoeModel) and not model.training
     assert model.cos_full_attention.device.type == "cpu"
-    ids = ids_of(10, seed=7)
+    ids = random_ids(10, seed=7)
     with torch.no_grad():
         assert torch.equal(model(ids), course(ids))
 
@@ -320,7 +298,7 @@ def test_a_moe_block_builds_its_experts_and_no_dense_feed_forward(monkeypatch):
 
 def test_a_missing_expert_is_listed(pair):
     _, course, folder = pair
-    params = load_file(folder / "model.safetensors")
+    params = saved_weights(folder)
     params.pop("model.layers.1.mlp.experts.2.up_proj.weight")
     with pytest.raises(ValueError, match=r"1 missing \(model\.layers\.1\.mlp\.experts\.2\.up_proj"):
         load_hf_weights(course, params)
