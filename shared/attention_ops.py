@@ -11,7 +11,8 @@ attention (shared.open_models) call them instead:
   LayerKV.extend appends the new positions and counts them;
 - hidden_positions: the rows of a causal (or sliding-window) mask for the newest queries, which
   come after the cached positions; window_hidden_positions: a sliding window's, from distances;
-- attend: scores, mask, softmax, dropout and the weighted sum of the values, heads merged.
+- attend: scores, mask, softmax (optionally with attention sinks), dropout and the weighted sum
+  of the values, heads merged.
 
 Shapes: b = batch size, n = number of new tokens (queries), m = number of keys (cached + new),
 h = number of heads, g = number of key/value heads, d_head = head size.
@@ -127,6 +128,7 @@ def attend(
     dropout: nn.Module | None = None,
     float32_softmax: bool = False,
     scale: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention as Chapter 3 computes it, with the heads merged at the end.
 
@@ -134,14 +136,23 @@ def attend(
     query may not look; dropout on the attention weights (None: none). float32_softmax: take
     the softmax in float32 and cast the weights back to the values' dtype (for bf16 models, as
     Llama and Qwen do); False: in the scores' own dtype, as Chapter 3 does. scale: what the
-    scores are multiplied by; None: 1 / sqrt(d_head) (Gemma 3 sets its own).
+    scores are multiplied by; None: 1 / sqrt(d_head) (Gemma 3 sets its own). sinks: None, or
+    one learned logit per head (h,) that joins every query's softmax as one more score with no
+    value (gpt-oss's attention sinks): its share is dropped, so a query's weights sum to less
+    than 1 and a head can give (almost) all its attention to nothing.
     Returns the context vectors (b, n, h * d_head).
     """
     scores = queries @ keys.transpose(2, 3)  # (b, h, n, m)
     scores = scores.masked_fill(hidden, -torch.inf)
     scores = scores / queries.shape[-1] ** 0.5 if scale is None else scores * scale
     softmax_dtype = torch.float32 if float32_softmax else None
-    weights = torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(values.dtype)
+    if sinks is None:
+        weights = torch.softmax(scores, dim=-1, dtype=softmax_dtype)
+    else:  # one more column per query row: the head's sink, dropped after the softmax
+        sink_column = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
+        with_sinks = torch.cat([scores, sink_column], dim=-1)
+        weights = torch.softmax(with_sinks, dim=-1, dtype=softmax_dtype)[..., :-1]
+    weights = weights.to(values.dtype)
     if dropout is not None:
         weights = dropout(weights)
     return merge_heads(weights @ values)

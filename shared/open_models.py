@@ -17,11 +17,13 @@ Configuration keys (shared.llama3, shared.qwen3, ... hold the published ones):
     memory). Optional, with their defaults (Llama's): layer_types (None: full attention in every
     layer; else one of LAYER_TYPES per layer), sliding_window (the window of sliding layers),
     rope_local_base (sliding layers' RoPE base; rope_base), rope_yarn_scaling (None or the
-    arguments of shared.rope.yarn_scale_frequencies after base), rope_dim (rotated dimensions
+    arguments of shared.rope.yarn_scale_frequencies after base), rope_scale_sliding (False;
+    True gives sliding layers the full layers' scaled RoPE, as gpt-oss), rope_dim (rotated dimensions
     per head; head_dim), norm_placement ("pre"; see NORM_PLACEMENTS), norm_offset (0.0; 1.0
     stores RMSNorm scales as 1 + weight), query_scale (None: 1 / sqrt(head_dim)),
     ff_activation ("silu"; "gelu_tanh" for GeGLU), emb_scale (False; True multiplies the
-    token embeddings by sqrt(emb_dim)).
+    token embeddings by sqrt(emb_dim)), attention_bias and attention_sinks (False; gpt-oss's
+    projection biases and attention sinks, see RoPEGroupedQueryAttention).
 
 Weights load from the Hugging Face safetensors layout (``model.layers.0.self_attn.q_proj.weight``
 ...) with load_hf_weights; hf_key_mapping lists the names.
@@ -143,7 +145,9 @@ class RoPEGroupedQueryAttention(nn.Module):
     qk_norm=True: an RMSNorm on every head, with norm_offset as in RMSNorm). No biases.
     window: None (causal: every earlier position) or a sliding window (each query sees itself
     and the window - 1 positions before it; the cache keeps only those). scale: the scores'
-    factor (None: 1 / sqrt(head_dim)).
+    factor (None: 1 / sqrt(head_dim)). bias: biases in the four projections (gpt-oss); sinks:
+    one learned logit per head (self.sinks (h,)) joining each query's softmax
+    (shared.attention_ops.attend's attention sinks, gpt-oss).
 
     forward(x (b, n, d_in), cos, sin, mask, layer_kv) -> (b, n, d_in); cos, sin: RoPE tables
     (L, r), r <= k (see shared.rope.apply_rope); mask: a causal mask
@@ -171,6 +175,8 @@ class RoPEGroupedQueryAttention(nn.Module):
         window: int | None = None,
         scale: float | None = None,
         norm_offset: float = 0.0,
+        bias: bool = False,
+        sinks: bool = False,
     ):
         super().__init__()
         check_kv_groups(num_heads, num_kv_groups)
@@ -182,10 +188,11 @@ class RoPEGroupedQueryAttention(nn.Module):
         self.head_dim = head_dim
         self.window = window
         self.scale = scale
-        self.W_query = nn.Linear(d_in, num_heads * head_dim, bias=False, dtype=dtype)
-        self.W_key = nn.Linear(d_in, num_kv_groups * head_dim, bias=False, dtype=dtype)
-        self.W_value = nn.Linear(d_in, num_kv_groups * head_dim, bias=False, dtype=dtype)
-        self.out_proj = nn.Linear(num_heads * head_dim, d_in, bias=False, dtype=dtype)
+        self.W_query = nn.Linear(d_in, num_heads * head_dim, bias=bias, dtype=dtype)
+        self.W_key = nn.Linear(d_in, num_kv_groups * head_dim, bias=bias, dtype=dtype)
+        self.W_value = nn.Linear(d_in, num_kv_groups * head_dim, bias=bias, dtype=dtype)
+        self.out_proj = nn.Linear(num_heads * head_dim, d_in, bias=bias, dtype=dtype)
+        self.sinks = nn.Parameter(torch.zeros(num_heads, dtype=dtype)) if sinks else None
         self.q_norm = RMSNorm(head_dim, norm_eps, dtype, norm_offset) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, norm_eps, dtype, norm_offset) if qk_norm else None
 
@@ -228,7 +235,15 @@ class RoPEGroupedQueryAttention(nn.Module):
             hidden = hidden_positions(mask, num_tokens, num_keys)
         else:
             hidden = window_hidden_positions(num_tokens, num_keys, self.window, keys.device)
-        return attend(queries, keys, values, hidden, float32_softmax=True, scale=self.scale)
+        return attend(
+            queries,
+            keys,
+            values,
+            hidden,
+            float32_softmax=True,
+            scale=self.scale,
+            sinks=self.sinks,
+        )
 
     def forward(
         self,
@@ -255,7 +270,8 @@ class OpenTransformerBlock(nn.Module):
     "post" is x + post_att_norm(att(x)), then x + post_ff_norm(ff(x)); "pre_post" uses all four
     norms. layer_type: "full_attention" or "sliding_attention" (a window of
     cfg["sliding_window"] positions). cfg's optional "query_scale" sets the attention scores'
-    factor, "norm_offset" the RMSNorms' (see RMSNorm), "ff_activation" the gate's.
+    factor, "norm_offset" the RMSNorms' (see RMSNorm), "ff_activation" the gate's,
+    "attention_bias" and "attention_sinks" (default False) the attention's bias and sinks.
     forward: x (b, n, d), RoPE tables cos, sin (L, r), causal mask -> (b, n, d)
     """
 
@@ -279,6 +295,8 @@ class OpenTransformerBlock(nn.Module):
             window=cfg["sliding_window"] if layer_type == "sliding_attention" else None,
             scale=cfg.get("query_scale"),
             norm_offset=offset,
+            bias=cfg.get("attention_bias", False),
+            sinks=cfg.get("attention_sinks", False),
         )
         self.ff = self.make_feed_forward(cfg)
 
@@ -305,6 +323,11 @@ class OpenTransformerBlock(nn.Module):
             "att.W_key.weight": "self_attn.k_proj.weight",
             "att.W_value.weight": "self_attn.v_proj.weight",
             "att.out_proj.weight": "self_attn.o_proj.weight",
+            "att.W_query.bias": "self_attn.q_proj.bias",
+            "att.W_key.bias": "self_attn.k_proj.bias",
+            "att.W_value.bias": "self_attn.v_proj.bias",
+            "att.out_proj.bias": "self_attn.o_proj.bias",
+            "att.sinks": "self_attn.sinks",
             "att.q_norm.scale": "self_attn.q_norm.weight",
             "att.k_norm.scale": "self_attn.k_norm.weight",
             "ff.fc_gate.weight": "mlp.gate_proj.weight",
@@ -353,10 +376,11 @@ def layer_types_of(cfg: dict) -> list[str]:
 def rope_tables_for(cfg: dict, layer_type: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The RoPE tables of one layer type: full-attention layers use rope_base and the scaling
     (rope_llama3_scaling or rope_yarn_scaling); sliding layers use rope_local_base (default
-    rope_base) unscaled, as Gemma 3 and OLMo 3 do. Partial RoPE: cfg's optional
+    rope_base) unscaled, as Gemma 3 and OLMo 3 do, unless cfg's optional "rope_scale_sliding"
+    is True (gpt-oss: every layer uses the full-attention tables). Partial RoPE: cfg's optional
     "rope_dim" (default head_dim) dimensions of each head are rotated."""
     rotated = cfg.get("rope_dim") or cfg["head_dim"]
-    if layer_type == "sliding_attention":
+    if layer_type == "sliding_attention" and not cfg.get("rope_scale_sliding"):
         base = cfg.get("rope_local_base") or cfg["rope_base"]
         return rope_tables(rotated, cfg["context_length"], base)
     return rope_tables(
@@ -518,6 +542,8 @@ def rope_config_from_hf(hf_config: dict) -> dict:
             "beta_slow": full.get("beta_slow") or 1.0,
             "attention_factor": full.get("attention_factor"),
         }
+        if "truncate" in full:  # gpt-oss: False (the blend's boundaries not rounded)
+            cfg["rope_yarn_scaling"]["truncate"] = bool(full["truncate"])
     elif rope_type != "default":
         raise ValueError(
             f"RoPE type {rope_type!r} is not supported; expected default, llama3 or yarn"

@@ -75,13 +75,14 @@ def yarn_scale_frequencies(
     beta_fast: float = 32.0,
     beta_slow: float = 1.0,
     attention_factor: float | None = None,
+    truncate: bool = True,
 ) -> tuple[torch.Tensor, float]:
     """YaRN's RoPE scaling (OLMo 3's long-context layers): (scaled inv_freq (d / 2,), cos/sin scale).
 
     Counted in turns over original_context_length tokens, a pair that turns more than beta_fast
     times keeps its speed, one that turns fewer than beta_slow times turns factor times slower,
     and the ones between blend linearly by pair index (the boundaries rounded outwards, as the
-    reference does). The cosines and sines are multiplied by attention_factor, by default
+    reference does, unless truncate is False: gpt-oss keeps them fractional). The cosines and sines are multiplied by attention_factor, by default
     0.1 ln(factor) + 1, which sharpens the attention softmax over the longer context.
     """
     if factor < 1:
@@ -97,8 +98,10 @@ def yarn_scale_frequencies(
             / (2 * math.log(base))
         )
 
-    low = max(math.floor(pair_index(beta_fast)), 0)
-    high = min(math.ceil(pair_index(beta_slow)), head_dim - 1)
+    low, high = pair_index(beta_fast), pair_index(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
     ramp = (torch.arange(half, dtype=torch.float32) - low) / max(high - low, 1e-3)
     keep = 1 - ramp.clamp(0, 1)  # 1: keep the speed, 0: slow down by factor
     scaled = inv_freq / factor * (1 - keep) + inv_freq * keep
@@ -121,7 +124,7 @@ def rope_tables(
     llama3_scaling: None, or the keyword arguments of llama3_scale_frequencies (factor,
     low_freq_factor, high_freq_factor, original_context_length). yarn_scaling: None, or those
     of yarn_scale_frequencies after base (factor, original_context_length, and optionally
-    beta_fast, beta_slow, attention_factor). At most one of the two.
+    beta_fast, beta_slow, attention_factor, truncate). At most one of the two.
     """
     if context_length < 1:
         raise ValueError(f"context_length must be >= 1, got {context_length}")
