@@ -20,7 +20,7 @@ few experts.
 The weights (``Qwen/Qwen3-30B-A3B`` on Hugging Face) are open but large: 61 GB of bfloat16 in
 sharded safetensors files, which load_pretrained_qwen3_moe reads one tensor at a time into a
 model built without random initialisation (shared.weight_loading.load_into_empty), so it needs
-about 64 GB of memory. Hugging Face files store one tensor per expert
+about 62 GB of memory (the model and its largest tensor, 0.6 GB). Hugging Face files store one tensor per expert
 (``model.layers.0.mlp.experts.5.gate_proj.weight``): the published files do, and so does
 transformers' save_pretrained. transformers 5 fuses them into 3-D tensors in memory;
 split_fused_experts turns such a state_dict back into per-expert tensors.
@@ -387,7 +387,7 @@ def load_pretrained_qwen3_moe(
     """Qwen3-30B-A3B with Qwen's weights and tokenizer, in eval mode, parameters in dtype.
 
     Downloads (once, then from the cache) 61 GB of weights, in the files that the checkpoint's
-    index names, and needs about 64 GB of memory in bfloat16 (the model built without random
+    index names, and needs about 62 GB of memory in bfloat16 (the model built without random
     numbers, the weights read one tensor at a time: shared.weight_loading.load_into_empty). The
     tokenizer and chat format are Qwen3's (shared.open_models.HuggingFaceTokenizer,
     chat_prompt); eos_id is <|im_end|>. When LLM_COURSE_STANDIN=1, or the files cannot be had
