@@ -9,7 +9,7 @@ from matplotlib.patches import Patch
 from shared.attention_ops import window_hidden_positions
 from shared.figures import COLORS, figure
 from shared.figures.draw import FONT, canvas, label
-from shared.figures.open_models import _block
+from shared.figures.open_models import block_column, repeat_bracket
 from shared.gemma3 import GEMMA3_CONFIG_270M
 
 _TOP = 6.95  # the column titles, above Gemma's eight boxes
@@ -43,23 +43,12 @@ def llama_vs_gemma3_block() -> Figure:
         ("RMSNorm after feed-forward", "norm", True),
         ("final RMSNorm, output head\ntied to the token embeddings", "output", False),
     ]
-    _block(ax, 0.4, "", llama)
-    _block(ax, 5.2, "", gemma)
-    label(ax, 1.7, _TOP, "Llama 3.2 / Qwen3", bold=True)
-    label(ax, 6.5, _TOP, "Gemma 3 (2025)", bold=True)
+    for x, title, parts in ((0.4, "Llama 3.2 / Qwen3", llama), (5.2, "Gemma 3 (2025)", gemma)):
+        block_column(ax, x, 0.3, parts)
+        label(ax, x + 1.3, _TOP, title, bold=True)
     # The repeated block: boxes 2-5 on the left, 2-7 on the right (0.82 inches per box).
-    for x, text_x, top in ((0.28, 0.14, 4.1), (7.92, 8.12, 5.74)):
-        ax.plot([x, x], [1.1, top], color="#999999", linewidth=1.0)
-        ax.text(
-            text_x,
-            (1.1 + top) / 2,
-            "× n_layers",
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=FONT - 1,
-            color="#555555",
-        )
+    repeat_bracket(ax, 0.28, 1.1, 4.1)
+    repeat_bracket(ax, 7.92, 1.1, 5.74, text_offset=0.2)
     label(
         ax,
         1.7,

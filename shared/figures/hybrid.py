@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from shared.figures import COLORS, figure
 from shared.figures.draw import FONT, box, canvas, label
-from shared.figures.open_models import _block
+from shared.figures.open_models import block_column
 from shared.qwen3_5 import QWEN3_5_CONFIG_0_8B, hybrid_cache_bytes
 
 _DELTANET = "value"  # the colour of Gated DeltaNet (a green), beside attention's blue
@@ -74,7 +74,7 @@ def hybrid_layers() -> Figure:
         (3.6, "Qwen3.5: 3 layers of 4 (Δ)", deltanet),
         (6.9, "Qwen3.5: every 4th layer (A)", attention),
     ):
-        _block(ax, x, "", parts)
+        block_column(ax, x, 0.3, parts)
         label(ax, x + 1.3, 3.85, title, bold=True)
     label(
         ax,

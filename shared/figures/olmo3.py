@@ -8,9 +8,9 @@ from matplotlib.figure import Figure
 
 from shared.figures import COLORS, figure
 from shared.figures.draw import FONT, arrow, box, canvas, grid, label
+from shared.figures.open_models import block_column, outline_changed, repeat_bracket
 from shared.olmo3 import OLMO3_CONFIG_7B
 
-_CHANGED = COLORS["accent"]
 _SLIDING = "#eaf1f8"  # sliding-window layers: a paler attention colour
 _W, _H, _GAP, _Y0 = 2.9, 0.5, 0.34, 0.35  # column boxes: width, height, gap, first box's bottom
 
@@ -21,14 +21,7 @@ def _column(ax, x: float, title: str, parts: list[tuple[str, str, bool]]) -> Non
     each pair and is added to its output."""
     label(ax, x + _W / 2, _Y0 + 6 * (_H + _GAP) + 0.05, title, bold=True)
     centre = x + _W / 2
-    bottoms = [_Y0 + i * (_H + _GAP) for i in range(len(parts))]
-    for (text, color, changed), y in zip(parts, bottoms, strict=True):
-        patch = box(ax, x, y, _W, _H, text, color, fontsize=FONT - 1)
-        if changed:
-            patch.set_edgecolor(_CHANGED)
-            patch.set_linewidth(2.2)
-    for below, above in zip(bottoms, bottoms[1:]):
-        arrow(ax, (centre, below + _H), (centre, above))
+    bottoms = block_column(ax, x, _Y0, parts, w=_W, h=_H, gap=_GAP)
     for first in (1, 3):  # the shortcut around boxes first and first + 1
         start = bottoms[first] - _GAP / 2
         end = bottoms[first + 2] - _GAP / 2
@@ -71,18 +64,7 @@ def llama_vs_olmo3_block() -> Figure:
     _column(ax, 0.6, "Llama 3: x + sublayer(norm(x))", llama)
     _column(ax, 5.3, "OLMo 3: x + norm(sublayer(x))", olmo)
     for x in (4.0, 8.45):  # the four middle boxes repeat n_layers times
-        top = _Y0 + 5 * (_H + _GAP) - _GAP / 2
-        ax.plot([x, x], [_Y0 + _H + _GAP / 2, top], color="#999999", linewidth=1.0)
-        ax.text(
-            x - 0.14,
-            (top + _Y0 + _H) / 2,
-            "× n_layers",
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=FONT - 1,
-            color="#555555",
-        )
+        repeat_bracket(ax, x, _Y0 + _H + _GAP / 2, _Y0 + 5 * (_H + _GAP) - _GAP / 2)
     label(ax, 4.3, 0.12, "red outline: changed from Llama 3", fontsize=FONT - 2, italic=True)
     return fig
 
@@ -112,8 +94,7 @@ def sliding_and_full_layers() -> Figure:
         color = "attention" if full else _SLIDING
         patch = box(ax, 0.4 + i * width, 4.55, width - 0.03, 0.55, color=color, rounded=False)
         if full:
-            patch.set_edgecolor(_CHANGED)
-            patch.set_linewidth(1.6)
+            outline_changed(patch, linewidth=1.6)
             label(ax, 0.4 + i * width + width / 2 - 0.015, 4.38, str(i + 1), fontsize=FONT - 3)
     yarn = cfg["rope_yarn_scaling"]
     box(ax, 0.4, 3.7, 0.3, 0.3, "", _SLIDING, rounded=False)
@@ -122,8 +103,7 @@ def sliding_and_full_layers() -> Figure:
         f"(base {cfg['rope_base']:,.0f})"
     )
     label(ax, 0.8, 3.85, sliding_text, ha="left", fontsize=FONT - 1)
-    patch = box(ax, 0.4, 3.25, 0.3, 0.3, "", "attention", rounded=False)
-    patch.set_edgecolor(_CHANGED)
+    outline_changed(box(ax, 0.4, 3.25, 0.3, 0.3, "", "attention", rounded=False), linewidth=1.0)
     full_text = (
         f"full attention, RoPE with YaRN: {yarn['original_context_length']:,} -> "
         f"{cfg['context_length']:,} positions (×{yarn['factor']:g})"

@@ -1,36 +1,71 @@
 """Figures of the ch05 bonus notebooks on Llama 3.2 and Qwen3: what changed in the transformer
-block since GPT-2, and how rotary position embeddings turn queries and keys by position."""
+block since GPT-2, and how rotary position embeddings turn queries and keys by position.
+
+block_column, repeat_bracket and outline_changed draw the block diagrams of every open-model
+figure (Gemma 3, OLMo 3 and Qwen3.5 compare their blocks with Llama's and Qwen3's the same way).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch
 
 from shared.figures import COLORS, figure
 from shared.figures.draw import FONT, arrow, box, canvas, label
 from shared.rope import apply_rope
 
-_CHANGED = COLORS["accent"]
+
+def outline_changed(patch: FancyBboxPatch, linewidth: float = 2.2) -> None:
+    """Outline a box in the accent colour: the open-model figures' mark for what a model changes."""
+    patch.set_edgecolor(COLORS["accent"])
+    patch.set_linewidth(linewidth)
 
 
-def _block(ax, x: float, title: str, parts: list[tuple[str, str, bool]]) -> None:
-    """One column: parts bottom to top as (text, colour, changed); changed parts get a red
-    outline and a red label; a residual arrow skips each pair (norm, sublayer)."""
-    w, h, gap = 2.6, 0.5, 0.32
-    label(ax, x + w / 2, 5.4, title, bold=True)
-    y = 0.3
-    centres = []
-    for text, color, changed in parts:
-        patch = box(ax, x, y, w, h, text, color, fontsize=FONT - 1, text_color="black")
+def block_column(
+    ax: Axes,
+    x: float,
+    y: float,
+    parts: Sequence[tuple[str, str, bool]],
+    w: float = 2.6,
+    h: float = 0.5,
+    gap: float = 0.32,
+) -> list[float]:
+    """A model's layers as a column of boxes from (x, y) upwards, an arrow from each to the next.
+
+    parts: bottom to top, (text, colour, changed); changed boxes are outlined in the accent
+    colour. Returns the bottom of every box (to place brackets and shortcuts beside them).
+    """
+    bottoms = [y + i * (h + gap) for i in range(len(parts))]
+    for (text, color, changed), bottom in zip(parts, bottoms, strict=True):
+        patch = box(ax, x, bottom, w, h, text, color, fontsize=FONT - 1)
         if changed:
-            patch.set_edgecolor(_CHANGED)
-            patch.set_linewidth(2.2)
-        centres.append(y + h / 2)
-        y += h + gap
-    for below, above in zip(centres, centres[1:]):
-        arrow(ax, (x + w / 2, below + h / 2), (x + w / 2, above - h / 2))
+            outline_changed(patch)
+    for below, above in zip(bottoms, bottoms[1:]):
+        arrow(ax, (x + w / 2, below + h), (x + w / 2, above))
+    return bottoms
+
+
+def repeat_bracket(
+    ax: Axes, x: float, bottom: float, top: float, text_offset: float = -0.14
+) -> None:
+    """A grey line at x from bottom to top beside the boxes that repeat, labelled "× n_layers"
+    (rotated) text_offset inches to its side (negative: to the left)."""
+    ax.plot([x, x], [bottom, top], color="#999999", linewidth=1.0)
+    ax.text(
+        x + text_offset,
+        (bottom + top) / 2,
+        "× n_layers",
+        rotation=90,
+        ha="center",
+        va="center",
+        fontsize=FONT - 1,
+        color="#555555",
+    )
 
 
 @figure(
@@ -59,27 +94,21 @@ def gpt2_vs_open_block() -> Figure:
         ("SwiGLU: silu(gate) * up,\ndown (no biases)", "ffn", True),
         ("final RMSNorm, output head\ntied to the token embeddings", "output", True),
     ]
-    _block(ax, 0.4, "GPT-2 (2019)", gpt2)
-    _block(ax, 5.2, "Llama 3.2 / Qwen3 (2024-25)", open_model)
+    for x, title, parts in (
+        (0.4, "GPT-2 (2019)", gpt2),
+        (5.2, "Llama 3.2 / Qwen3 (2024-25)", open_model),
+    ):
+        block_column(ax, x, 0.3, parts)
+        label(ax, x + 1.3, 5.4, title, bold=True)
     # The same place in both columns: arrows from left to right name the change.
     changes = ["RoPE", "RMSNorm", "GQA", "RMSNorm", "SwiGLU", "tied"]
     for i, change in enumerate(changes):
         y = 0.3 + i * 0.82 + 0.25
         arrow(ax, (3.05, y), (5.15, y), color="#999999")
-        label(ax, 4.1, y + 0.13, change, fontsize=FONT - 1, color=_CHANGED)
+        label(ax, 4.1, y + 0.13, change, fontsize=FONT - 1, color="accent")
     # The four middle boxes form the block that repeats.
-    for x, text_x in ((0.28, 0.14), (7.92, 8.12)):
-        ax.plot([x, x], [1.1, 4.1], color="#999999", linewidth=1.0)
-        ax.text(
-            text_x,
-            2.6,
-            "× n_layers",
-            rotation=90,
-            ha="center",
-            va="center",
-            fontsize=FONT - 1,
-            color="#555555",
-        )
+    repeat_bracket(ax, 0.28, 1.1, 4.1)
+    repeat_bracket(ax, 7.92, 1.1, 4.1, text_offset=0.2)
     return fig
 
 
