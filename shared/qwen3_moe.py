@@ -127,9 +127,11 @@ class SparseMoEFeedForward(nn.Module):
     norm_topk_prob, divides their probabilities by their sum: that is a softmax over the top_k
     logits alone, the routing of shared.attention_variants.MoEFeedForward. Without it the weights
     are the full softmax's probabilities and sum to less than 1. experts: num_experts
-    SwiGLUFeedForward(emb_dim, hidden_dim). A token's output is the weighted sum of its experts'
-    outputs. forward groups the tokens by expert, so that each expert runs once, on the tokens
-    that chose it: top_k expert passes per token, not num_experts.
+    SwiGLUFeedForward(emb_dim, hidden_dim), or the experts given (any module of num_experts
+    entries where experts[e](tokens) runs expert e: gpt-oss's fused ones, shared.gpt_oss);
+    router_bias: a bias in the router (gpt-oss). A token's output is the weighted sum of its
+    experts' outputs. forward groups the tokens by expert, so that each expert runs once, on
+    the tokens that chose it: top_k expert passes per token, not num_experts.
 
     forward: x (b, n, d) -> (b, n, d)
     """
@@ -142,6 +144,8 @@ class SparseMoEFeedForward(nn.Module):
         top_k: int,
         norm_topk_prob: bool = True,
         dtype: torch.dtype | None = None,
+        router_bias: bool = False,
+        experts: nn.Module | None = None,
     ):
         super().__init__()
         if num_experts < 1:
@@ -153,10 +157,14 @@ class SparseMoEFeedForward(nn.Module):
             )
         self.top_k = top_k
         self.norm_topk_prob = norm_topk_prob
-        self.router = nn.Linear(emb_dim, num_experts, bias=False, dtype=dtype)
-        self.experts = nn.ModuleList(
-            SwiGLUFeedForward(emb_dim, hidden_dim, dtype) for _ in range(num_experts)
-        )
+        if experts is not None and len(experts) != num_experts:
+            raise ValueError(f"{len(experts)} experts given for num_experts={num_experts}")
+        self.router = nn.Linear(emb_dim, num_experts, bias=router_bias, dtype=dtype)
+        if experts is None:
+            experts = nn.ModuleList(
+                SwiGLUFeedForward(emb_dim, hidden_dim, dtype) for _ in range(num_experts)
+            )
+        self.experts = experts
 
     def route(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each token goes: tokens (t, d) -> (weights, experts), both (t, k); experts are
@@ -178,10 +186,11 @@ class SparseMoEFeedForward(nn.Module):
         counts = torch.bincount(chosen, minlength=len(self.experts)).tolist()
         out = torch.zeros_like(tokens)
         start = 0
-        for expert, count in zip(self.experts, counts, strict=True):
+        for index, count in enumerate(counts):
             if count:  # an expert no token chose does not run
                 ids = pair_tokens[start : start + count]
-                weighted = pair_weights[start : start + count, None] * expert(tokens[ids])
+                expert_out = self.experts[index](tokens[ids])
+                weighted = pair_weights[start : start + count, None] * expert_out
                 out.index_add_(0, ids, weighted)
                 start += count
         return out.view_as(x)
@@ -244,7 +253,7 @@ def moe_parameter_counts(model: nn.Module) -> tuple[int, int]:
     idle = 0
     for module in model.modules():
         if isinstance(module, SparseMoEFeedForward):
-            per_expert = count_parameters(module.experts[0])
+            per_expert = count_parameters(module.experts) // len(module.experts)
             idle += (len(module.experts) - module.top_k) * per_expert
     total = count_parameters(model)
     return total, total - idle
