@@ -18,9 +18,9 @@ Configuration keys (shared.llama3, shared.qwen3, ... hold the published ones):
     layer; else one of LAYER_TYPES per layer), sliding_window (the window of sliding layers),
     rope_local_base (sliding layers' RoPE base; rope_base), rope_yarn_scaling (None or the
     arguments of shared.rope.yarn_scale_frequencies after base), rope_scale_sliding (False;
-    True gives sliding layers the full layers' scaled RoPE, as gpt-oss), rope_dim (rotated dimensions
-    per head; head_dim), norm_placement ("pre"; see NORM_PLACEMENTS), norm_offset (0.0; 1.0
-    stores RMSNorm scales as 1 + weight), query_scale (None: 1 / sqrt(head_dim)),
+    True gives sliding layers the full layers' scaled RoPE, as gpt-oss), rope_dim (rotated
+    dimensions per head; head_dim), norm_placement ("pre"; see NORM_PLACEMENTS), norm_offset
+    (0.0; 1.0 stores RMSNorm scales as 1 + weight), query_scale (None: 1 / sqrt(head_dim)),
     ff_activation ("silu"; "gelu_tanh" for GeGLU), emb_scale (False; True multiplies the
     token embeddings by sqrt(emb_dim)), attention_bias and attention_sinks (False; gpt-oss's
     projection biases and attention sinks, see RoPEGroupedQueryAttention).
