@@ -69,9 +69,14 @@ class LayerKV:
         return new
 
     def keep_last(self, count: int, dim: int = 2) -> None:
-        """Keep only the last count cached positions (a sliding window); length is unchanged."""
+        """Keep only the last count cached positions (a sliding window); length is unchanged.
+        The kept positions are copied, so the memory of the dropped ones is freed (a view would
+        keep all of it alive, e.g. a whole prompt's after the first step)."""
         start = max(0, self.tensors[0].shape[dim] - count) if self.tensors else 0
-        self.tensors = tuple(t.narrow(dim, start, t.shape[dim] - start) for t in self.tensors)
+        if start > 0:
+            self.tensors = tuple(
+                t.narrow(dim, start, t.shape[dim] - start).clone() for t in self.tensors
+            )
 
     @property
     def nbytes(self) -> int:
@@ -149,6 +154,11 @@ def attend(
     if sinks is None:
         weights = torch.softmax(scores, dim=-1, dtype=softmax_dtype)
     else:  # one more column per query row: the head's sink, dropped after the softmax
+        if sinks.shape != (scores.shape[1],):
+            raise ValueError(
+                f"sinks must hold one logit per head, shape ({scores.shape[1]},); "
+                f"got {tuple(sinks.shape)}"
+            )
         sink_column = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:3], 1)
         with_sinks = torch.cat([scores, sink_column], dim=-1)
         weights = torch.softmax(with_sinks, dim=-1, dtype=softmax_dtype)[..., :-1]

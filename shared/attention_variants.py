@@ -175,6 +175,17 @@ class MultiHeadLatentAttention(MultiHeadAttention):
         return self.out_proj(attend(queries, keys, values, hidden, self.dropout))
 
 
+def check_experts(num_experts: int, top_k: int) -> None:
+    """Raise ValueError unless 1 <= top_k <= num_experts (each token goes to top_k experts)."""
+    if num_experts < 1:
+        raise ValueError(f"num_experts ({num_experts}) must be at least 1")
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(
+            f"top_k ({top_k}) must be between 1 and num_experts ({num_experts}): "
+            "a token cannot go to more experts than there are"
+        )
+
+
 class MoEFeedForward(nn.Module):
     """Mixture-of-experts feed-forward: num_experts copies of the chapter's FeedForward and a
     router that sends each token to its top_k experts.
@@ -189,13 +200,7 @@ class MoEFeedForward(nn.Module):
 
     def __init__(self, cfg: dict, num_experts: int, top_k: int):
         super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"num_experts ({num_experts}) must be at least 1")
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(
-                f"top_k ({top_k}) must be between 1 and num_experts ({num_experts}): "
-                "a token cannot go to more experts than there are"
-            )
+        check_experts(num_experts, top_k)
         self.top_k = top_k
         self.router = nn.Linear(cfg["emb_dim"], num_experts, bias=False)
         self.experts = nn.ModuleList(FeedForward(cfg) for _ in range(num_experts))

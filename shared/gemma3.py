@@ -1,4 +1,4 @@
-"""Gemma 3 (ch05 bonus): its configurations, tokenizer, chat format and weights, on shared.open_models.
+"""Gemma 3 (ch05 bonus): configurations, tokenizer, chat format and weights, on shared.open_models.
 
 Gemma 3 270M and 1B are OpenDecoderModel with these settings, all of them configuration:
 

@@ -13,7 +13,8 @@ grouped-query attention) with four things switched on and one new feed-forward:
   router bias): 32 experts, top 4, the softmax taken over the 4 chosen logits; each expert a
   clamped SwiGLU with biases (ClampedSwiGLUExperts), stored fused, as transformers keeps them.
 
-So a token uses about 3.6 of the 20.9 billion parameters (moe_parameter_counts).
+So a token uses about 3.6 of the 20.9 billion parameters without the token embedding, as
+OpenAI's model card counts them (4.2 billion with it, as moe_parameter_counts counts).
 
 The weights (``openai/gpt-oss-20b`` on Hugging Face, Apache 2.0, not gated) store the experts'
 matrices in MXFP4: 4-bit floating-point numbers (e2m1) in blocks of 32 that share one power-of-
@@ -41,7 +42,7 @@ from shared.open_models import (
     decoder_config_from_hf,
     load_or_standin,
 )
-from shared.qwen3_moe import SparseMoEFeedForward
+from shared.qwen3_moe import SparseMoEFeedForward, experts_in
 from shared.weight_loading import ShardedSafetensors, load_into_empty, shard_files
 
 # openai/gpt-oss-20b's config.json in the course's names. Sizes (24 layers, 32 experts, top 4,
@@ -244,7 +245,7 @@ def gpt_oss_config_from_hf(hf_config: dict) -> dict:
         "rope_scale_sliding": True,
         "attention_bias": bool(hf_config.get("attention_bias", True)),
         "attention_sinks": True,
-        "num_experts": hf_config.get("num_local_experts", hf_config.get("num_experts")),
+        "num_experts": experts_in(hf_config),
         "num_experts_per_token": hf_config["num_experts_per_tok"],
         "moe_hidden_dim": hf_config["intermediate_size"],
         "swiglu_limit": hf_config.get("swiglu_limit", 7.0),
@@ -269,9 +270,11 @@ def dequantize_mxfp4(
             f"MXFP4 blocks {tuple(blocks.shape)} need scales of shape "
             f"{tuple(blocks.shape[:-1])}, got {tuple(scales.shape)}"
         )
+    if blocks.dim() > 3:  # (E, rows, G, B): one expert at a time, so the float32 steps stay small
+        return torch.stack([dequantize_mxfp4(b, s, dtype) for b, s in zip(blocks, scales)])
     table = torch.tensor(FP4_E2M1_VALUES, dtype=torch.float32, device=blocks.device)
     blocks = blocks.to(torch.uint8)
-    codes = torch.stack([blocks & 0x0F, blocks >> 4], dim=-1).flatten(-2).long()  # (..., G, 2B)
+    codes = torch.stack([blocks & 0x0F, blocks >> 4], dim=-1).flatten(-2).int()  # (G, 2B)
     exponents = scales.to(torch.int32) - MXFP4_SCALE_BIAS
     values = torch.ldexp(table[codes], exponents[..., None])  # exact: a power of two per block
     return values.flatten(-2).to(dtype)
@@ -283,7 +286,7 @@ class Mxfp4Checkpoint(Mapping):
     Each pair X_blocks (E, rows, G, B), X_scales (E, rows, G) becomes X, dequantised and with its
     last two dimensions swapped, (E, G * 2B, rows): the fused layout ClampedSwiGLUExperts holds
     (gpt-oss's files store each expert's matrix by output rows). Other tensors pass unchanged.
-    Dequantised on each access, in dtype; nothing is kept.
+    Dequantised on each access, in dtype; nothing is kept. shape_of(name) reads no values.
     """
 
     def __init__(self, params: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.bfloat16):
@@ -301,6 +304,15 @@ class Mxfp4Checkpoint(Mapping):
         if name.endswith(("_blocks", "_scales")) and name.rpartition("_")[0] in self.quantised:
             raise KeyError(name)
         return self.params[name]
+
+    def shape_of(self, name: str) -> torch.Size:
+        """The shape of self[name], without dequantising it."""
+        if name in self.quantised:
+            *lead, rows, groups, block = self.params[f"{name}_blocks"].shape
+            return torch.Size([*lead, groups * 2 * block, rows])
+        if hasattr(self.params, "shape_of"):
+            return self.params.shape_of(name)
+        return self[name].shape
 
     def __iter__(self) -> Iterator[str]:
         for name in self.params:

@@ -1,4 +1,4 @@
-"""Qwen3.5 (ch05 bonus): a hybrid of linear attention and gated full attention, on shared.open_models.
+"""Qwen3.5 (ch05 bonus): a hybrid of linear and gated full attention, on shared.open_models.
 
 Qwen3.5 0.8B is Qwen3 (shared.qwen3) with four changes:
 
@@ -16,8 +16,8 @@ The generation cache (HybridCache) holds a LayerKV (shared.attention_ops) for ea
 layer and a DeltaNetState for each DeltaNet layer: only the attention layers' part grows with
 the context. Weights and tokenizer (``Qwen/Qwen3.5-0.8B`` on Hugging Face, open) are those of a
 vision-language model; load_pretrained_qwen3_5 keeps its language model (text_weights). The
-tokenizer.json is read as Qwen3's (shared.open_models.HuggingFaceTokenizer), and the chat format is Qwen3's
-<|im_start|> one (shared.qwen3.chat_prompt). Without a network it says so in one line and
+tokenizer.json is read by shared.open_models.HuggingFaceTokenizer, and the chat format is
+Qwen3's <|im_start|> one (shared.qwen3.chat_prompt). Without a network it says so in one line and
 returns a small random stand-in.
 
 Shapes: b = batch size, n = tokens, d = emb_dim, h = n_heads, g = n_kv_groups, k = head_dim.
@@ -407,9 +407,9 @@ def load_pretrained_qwen3_5(
     """Qwen3.5 0.8B's language model with Qwen's weights and tokenizer, in eval mode, parameters
     in dtype (the checkpoint holds the vision encoder too; it is left out).
 
-    eos_id is <|im_end|>, which ends a chat reply (shared.qwen3.chat_prompt). When LLM_COURSE_STANDIN=1,
-    or the files cannot be had (offline), prints one line saying so and returns
-    standin_qwen3_5(seed).
+    eos_id is <|im_end|>, which ends a chat reply (shared.qwen3.chat_prompt). When
+    LLM_COURSE_STANDIN=1, or the files cannot be had (offline), prints one line saying so and
+    returns standin_qwen3_5(seed).
     """
 
     def load_real(paths: list[Path]) -> PretrainedOpenModel:

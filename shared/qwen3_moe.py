@@ -20,9 +20,9 @@ few experts.
 The weights (``Qwen/Qwen3-30B-A3B`` on Hugging Face) are open but large: 61 GB of bfloat16 in
 sharded safetensors files, which load_pretrained_qwen3_moe reads one tensor at a time into a
 model built without random initialisation (shared.weight_loading.load_into_empty), so it needs
-about 62 GB of memory (the model and its largest tensor, 0.6 GB). Hugging Face files store one tensor per expert
-(``model.layers.0.mlp.experts.5.gate_proj.weight``): the published files do, and so does
-transformers' save_pretrained. transformers 5 fuses them into 3-D tensors in memory;
+about 62 GB of memory (the model and its largest tensor, 0.6 GB). Hugging Face files store one
+tensor per expert (``model.layers.0.mlp.experts.5.gate_proj.weight``): the published files do,
+and so does transformers' save_pretrained. transformers 5 fuses them into 3-D tensors in memory;
 split_fused_experts turns such a state_dict back into per-expert tensors.
 """
 
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shared.attention_variants import check_experts
 from shared.data import DataFile, fetch
 from shared.open_models import (
     HuggingFaceTokenizer,
@@ -148,13 +149,7 @@ class SparseMoEFeedForward(nn.Module):
         experts: nn.Module | None = None,
     ):
         super().__init__()
-        if num_experts < 1:
-            raise ValueError(f"num_experts ({num_experts}) must be at least 1")
-        if not 1 <= top_k <= num_experts:
-            raise ValueError(
-                f"top_k ({top_k}) must be between 1 and num_experts ({num_experts}): "
-                "a token cannot go to more experts than there are"
-            )
+        check_experts(num_experts, top_k)
         self.top_k = top_k
         self.norm_topk_prob = norm_topk_prob
         if experts is not None and len(experts) != num_experts:
@@ -249,7 +244,8 @@ class Qwen3MoeModel(Qwen3Model):
 def moe_parameter_counts(model: nn.Module) -> tuple[int, int]:
     """(total, active): all of model's parameters, and those one token uses: everything but the
     experts its router did not choose (num_experts - top_k per SparseMoEFeedForward). The token
-    embedding matrix counts as active, as in the published "3.3B activated"."""
+    embedding and the output head count as active, as in Qwen's published "3.3B activated"
+    (OpenAI's count for gpt-oss leaves the embedding out: see shared.gpt_oss)."""
     idle = 0
     for module in model.modules():
         if isinstance(module, SparseMoEFeedForward):
@@ -322,6 +318,16 @@ def load_balancing_loss(
     return num_experts * (share_chosen * mean_prob).sum()
 
 
+def experts_in(hf_config: dict) -> int:
+    """The number of experts a Hugging Face config.json gives, as num_experts (Qwen's files) or
+    num_local_experts (gpt-oss's; transformers 5's save_pretrained of Qwen3-MoE); ValueError
+    naming both when it gives neither."""
+    for key in ("num_experts", "num_local_experts"):
+        if hf_config.get(key):
+            return hf_config[key]
+    raise ValueError("the config gives no number of experts (num_experts or num_local_experts)")
+
+
 def qwen3_moe_config_from_hf(hf_config: dict) -> dict:
     """The course's cfg from a Hugging Face config.json of Qwen3MoeForCausalLM.
 
@@ -348,7 +354,7 @@ def qwen3_moe_config_from_hf(hf_config: dict) -> dict:
     return {
         **decoder_config_from_hf(hf_config),
         "qk_norm": True,
-        "num_experts": hf_config.get("num_experts", hf_config.get("num_local_experts")),
+        "num_experts": experts_in(hf_config),
         "num_experts_per_token": hf_config["num_experts_per_tok"],
         "moe_hidden_dim": hf_config["moe_intermediate_size"],
         "norm_topk_prob": bool(hf_config.get("norm_topk_prob", False)),

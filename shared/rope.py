@@ -77,13 +77,15 @@ def yarn_scale_frequencies(
     attention_factor: float | None = None,
     truncate: bool = True,
 ) -> tuple[torch.Tensor, float]:
-    """YaRN's RoPE scaling (OLMo 3's long-context layers): (scaled inv_freq (d / 2,), cos/sin scale).
+    """YaRN's RoPE scaling (OLMo 3's full layers, gpt-oss's every layer).
 
-    Counted in turns over original_context_length tokens, a pair that turns more than beta_fast
-    times keeps its speed, one that turns fewer than beta_slow times turns factor times slower,
-    and the ones between blend linearly by pair index (the boundaries rounded outwards, as the
-    reference does, unless truncate is False: gpt-oss keeps them fractional). The cosines and sines are multiplied by attention_factor, by default
-    0.1 ln(factor) + 1, which sharpens the attention softmax over the longer context.
+    Returns (scaled inv_freq (d / 2,), the factor for the cosines and sines). Counted in turns
+    over original_context_length tokens, a pair that turns more than beta_fast times keeps its
+    speed, one that turns fewer than beta_slow times turns factor times slower, and the ones
+    between blend linearly by pair index (the boundaries rounded outwards, as the reference
+    does, unless truncate is False: gpt-oss keeps them fractional). The cosines and sines are
+    multiplied by attention_factor, by default 0.1 ln(factor) + 1, which sharpens the attention
+    softmax over the longer context.
     """
     if factor < 1:
         raise ValueError(f"YaRN's factor must be >= 1, got {factor}")
@@ -102,7 +104,8 @@ def yarn_scale_frequencies(
     if truncate:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, head_dim - 1)
-    ramp = (torch.arange(half, dtype=torch.float32) - low) / max(high - low, 1e-3)
+    span = high - low if high != low else 1e-3  # the reference's guard against 0 / 0
+    ramp = (torch.arange(half, dtype=torch.float32) - low) / span
     keep = 1 - ramp.clamp(0, 1)  # 1: keep the speed, 0: slow down by factor
     scaled = inv_freq / factor * (1 - keep) + inv_freq * keep
     if attention_factor is None:

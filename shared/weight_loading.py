@@ -121,6 +121,13 @@ class SafetensorsFile(Mapping):
         with safe_open(self.path, "pt") as f:
             return f.get_tensor(name)
 
+    def shape_of(self, name: str) -> torch.Size:
+        """The shape of self[name], read from the file's header (no values read)."""
+        if name not in self._names:
+            raise KeyError(name)
+        with safe_open(self.path, "pt") as f:
+            return torch.Size(f.get_slice(name).get_shape())
+
     def __contains__(self, name: object) -> bool:
         return name in self._names
 
@@ -147,6 +154,10 @@ class ShardedSafetensors(Mapping):
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self._file_of[name][name]
+
+    def shape_of(self, name: str) -> torch.Size:
+        """The shape of self[name], from its file's header."""
+        return self._file_of[name].shape_of(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._file_of)
@@ -222,7 +233,8 @@ def load_meta_assign(path: str | Path, cfg: dict) -> OpenDecoderModel:
     loaded tensor the parameter itself instead of copying it into one. Holds one copy of every
     weight: where the file has the model's dtype, the memory-mapped file itself, so loading
     reads nothing and each weight becomes resident when first used; in another dtype, a
-    converted copy of each. The tied head and the buffers are then made right (tie_head,
+    converted copy of each, and, until loading returns, the file's pages that the conversion
+    read. The tied head and the buffers are then made right (tie_head,
     model.make_buffers).
     """
     check_safetensors(Path(path))

@@ -12,6 +12,7 @@ import torch
 import transformers
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
+from shared import gpt_oss
 from shared.attention_ops import attend
 from shared.gpt_oss import (
     GPT_OSS_CONFIG_20B,
@@ -24,7 +25,7 @@ from shared.gpt_oss import (
 )
 from shared.open_models import count_parameters, hf_key_mapping, load_hf_weights
 from shared.pretraining import generate
-from shared.qwen3_moe import moe_parameter_counts
+from shared.qwen3_moe import experts_in, moe_parameter_counts
 from tests.hf_parity import (
     assert_cached_logits_match,
     assert_greedy_tokens_match,
@@ -258,3 +259,39 @@ def test_under_the_test_switch_the_standin_runs_with_the_cache(capsys):
     plain = generate(loaded.model, ids, 8, loaded.model.context_length)
     cached = generate(loaded.model, ids, 8, loaded.model.context_length, use_cache=True)
     assert torch.equal(plain, cached) and plain.shape == (1, ids.shape[1] + 8)
+
+
+def test_loading_an_mxfp4_checkpoint_dequantises_each_tensor_once(pair, monkeypatch):
+    # load_hf_weights checks shapes with the checkpoint's shape_of, so each expert tensor is
+    # dequantised only for its copy (each is about 1 GB in bfloat16 in gpt-oss-20b).
+    _, _, folder = pair
+    params = dict(saved_weights(folder))
+    for name in [n for n in params if n.endswith(("experts.gate_up_proj", "experts.down_proj"))]:
+        experts, d_in, d_out = params.pop(name).shape
+        params[f"{name}_blocks"] = torch.zeros(experts, d_out, d_in // 32, 16, dtype=torch.uint8)
+        params[f"{name}_scales"] = torch.full((experts, d_out, d_in // 32), 127, dtype=torch.uint8)
+    checkpoint = Mxfp4Checkpoint(params, torch.float32)
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    assert checkpoint.shape_of(name) == checkpoint[name].shape
+    calls = []  # whole tensors (E, rows, G, B) dequantised; each then goes expert by expert
+    original = gpt_oss.dequantize_mxfp4
+
+    def counted(blocks, *rest):
+        calls.extend([1] if blocks.dim() == 4 else [])
+        return original(blocks, *rest)
+
+    monkeypatch.setattr(gpt_oss, "dequantize_mxfp4", counted)
+    load_hf_weights(GptOssModel(course_config(folder)), checkpoint)
+    assert len(calls) == len(checkpoint.quantised)
+
+
+def test_sinks_of_the_wrong_shape_are_named():
+    queries = keys = values = torch.randn(1, 4, 3, 8)
+    hidden = torch.zeros(3, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"one logit per head, shape \(4,\); got \(3,\)"):
+        attend(queries, keys, values, hidden, sinks=torch.zeros(3))
+
+
+def test_a_config_without_a_number_of_experts_is_named():
+    with pytest.raises(ValueError, match="num_experts or num_local_experts"):
+        experts_in({"num_experts_per_tok": 4})

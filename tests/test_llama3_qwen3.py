@@ -311,3 +311,16 @@ def test_generation_benchmark_agrees_with_transformers_on_tokens():
     rows = [line for line in result.stdout.splitlines() if line.startswith(("course", "transf"))]
     assert len(rows) == 6, result.stdout  # three variants for each of llama3 and qwen3
     assert all(row.endswith("True") for row in rows), result.stdout
+
+
+def test_a_sliding_layer_keeps_only_the_window_in_memory_after_a_long_prompt():
+    # keep_last copies the kept positions: a view would keep the whole prompt's keys alive.
+    cfg = tiny_cfg(layer_types=["sliding_attention", "full_attention"], sliding_window=4)
+    model = Llama3Model(cfg).eval()
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.arange(40).view(1, 40), cache)
+    sliding, full = cache.layers
+    keys = sliding.tensors[0]
+    assert keys.shape[2] == 3 and full.tensors[0].shape[2] == 40
+    assert keys.untyped_storage().nbytes() == keys.numel() * keys.element_size()
