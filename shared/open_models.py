@@ -5,9 +5,11 @@ Compared with shared.gpt.GPTModel: RMSNorm instead of LayerNorm, rotary position
 grouped-query attention (several query heads share one key/value head) instead of multi-head
 attention, and no bias vectors anywhere. Qwen3 adds an RMSNorm on every query and key head
 (qk_norm). Gemma 3 and OLMo 3 move the norms, mix sliding-window and full attention layers
-and scale RoPE differently; each is configuration here plus the one or two parts that are
-really new (shared.gemma3, shared.olmo3). The names follow GPTModel (tok_emb, trf_blocks,
-final_norm, out_head; att, ff, norm1, norm2).
+and scale RoPE differently; Qwen3-MoE, Qwen3.5 and gpt-oss change the feed-forward or the
+token mixer (gpt-oss also brings biases back into attention). Each is configuration here plus
+the one or two parts that are really new (shared.gemma3, shared.olmo3, shared.qwen3_moe,
+shared.qwen3_5, shared.gpt_oss). The names follow GPTModel (tok_emb, trf_blocks, final_norm,
+out_head; att, ff, norm1, norm2).
 
 Configuration keys (shared.llama3, shared.qwen3, ... hold the published ones):
     vocab_size, context_length (rows of the RoPE tables), emb_dim, n_heads, n_kv_groups,
