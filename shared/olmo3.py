@@ -38,6 +38,7 @@ from shared.open_models import (
     check_json,
     decoder_config_from_hf,
     load_or_standin,
+    window_of,
 )
 from shared.weight_loading import ShardedSafetensors, load_into_empty, shard_files
 
@@ -154,25 +155,23 @@ class Olmo3Attention(RoPEGroupedQueryAttention):
 
 class Olmo3Block(OpenTransformerBlock):
     """OpenTransformerBlock with norm_placement "post", Olmo3Attention and OlmoRMSNorms:
-    x + post_att_norm(att(x)), then x + post_ff_norm(ff(x)). (The parent builds its own
-    attention and norms first; they are replaced, keeping the parent's names and window.)
+    x + post_att_norm(att(x)), then x + post_ff_norm(ff(x)).
     forward: x (b, n, d), cos, sin (L, k), mask, layer_kv -> (b, n, d)
     """
 
-    def __init__(self, cfg: dict, layer_type: str = "full_attention"):
-        super().__init__(cfg, layer_type)
-        dtype, eps = cfg.get("dtype"), cfg["norm_eps"]
-        self.att = Olmo3Attention(
+    def make_attention(self, cfg: dict, layer_type: str) -> Olmo3Attention:
+        return Olmo3Attention(
             d_in=cfg["emb_dim"],
             num_heads=cfg["n_heads"],
             num_kv_groups=cfg["n_kv_groups"],
             head_dim=cfg["head_dim"],
-            norm_eps=eps,
-            dtype=dtype,
-            window=self.att.window,
+            norm_eps=cfg["norm_eps"],
+            dtype=cfg.get("dtype"),
+            window=window_of(cfg, layer_type),
         )
-        self.post_att_norm = OlmoRMSNorm(cfg["emb_dim"], eps, dtype)
-        self.post_ff_norm = OlmoRMSNorm(cfg["emb_dim"], eps, dtype)
+
+    def make_norm(self, cfg: dict) -> OlmoRMSNorm:
+        return OlmoRMSNorm(cfg["emb_dim"], cfg["norm_eps"], cfg.get("dtype"))
 
 
 class Olmo3Model(OpenDecoderModel):

@@ -70,7 +70,7 @@ class RMSNorm(nn.Module):
 
     Unlike LayerNorm it neither subtracts the mean nor adds a shift. The statistics are taken
     in float32 whatever x's dtype (as the reference implementations do). offset=1.0 (Gemma,
-    Qwen3-Next) stores the scale as its difference from 1 (the weight starts at 0 and the
+    Qwen3.5) stores the scale as its difference from 1 (the weight starts at 0 and the
     output is multiplied by 1 + weight, in float32 before the cast back), as their checkpoints do.
     forward: x (..., d) -> (..., d)
     """
@@ -144,7 +144,8 @@ class RoPEGroupedQueryAttention(nn.Module):
     num_heads query heads of head_dim dimensions share num_kv_groups key/value heads (each
     key/value head serves num_heads / num_kv_groups query heads); num_kv_groups == num_heads is
     multi-head attention. Queries and keys are rotated by RoPE (after the QK-norm, when
-    qk_norm=True: an RMSNorm on every head, with norm_offset as in RMSNorm). No biases.
+    qk_norm=True: an RMSNorm on every head, with norm_offset as in RMSNorm). No biases unless
+    bias=True.
     window: None (causal: every earlier position) or a sliding window (each query sees itself
     and the window - 1 positions before it; the cache keeps only those). scale: the scores'
     factor (None: 1 / sqrt(head_dim)). bias: biases in the four projections (gpt-oss); sinks:
@@ -161,7 +162,7 @@ class RoPEGroupedQueryAttention(nn.Module):
     a MultiHeadAttention subclass with its arguments, no RoPE.)
 
     The two steps are methods for models that change one of them (OLMo 3 normalises the
-    projections before splitting the heads; Qwen3-Next gates the context): project (the
+    projections before splitting the heads; Qwen3.5 gates the context): project (the
     heads, before RoPE) and attend_positions (RoPE, cache, mask, attention).
     """
 
@@ -279,36 +280,44 @@ class OpenTransformerBlock(nn.Module):
 
     def __init__(self, cfg: dict, layer_type: str = "full_attention"):
         super().__init__()
-        dtype = cfg.get("dtype")
         placement = cfg.get("norm_placement", "pre")
         if placement not in NORM_PLACEMENTS:
             raise ValueError(f"norm_placement {placement!r} is not one of {NORM_PLACEMENTS}")
         if layer_type not in LAYER_TYPES:
             raise ValueError(f"layer type {layer_type!r} is not one of {LAYER_TYPES}")
-        offset = cfg.get("norm_offset", 0.0)
-        self.att = RoPEGroupedQueryAttention(
+        self.att = self.make_attention(cfg, layer_type)
+        self.ff = self.make_feed_forward(cfg)
+        pre, post = placement in ("pre", "pre_post"), placement in ("post", "pre_post")
+        self.norm1, self.norm2 = (
+            (self.make_norm(cfg), self.make_norm(cfg)) if pre else (nn.Identity(), nn.Identity())
+        )
+        self.post_att_norm, self.post_ff_norm = (
+            (self.make_norm(cfg), self.make_norm(cfg)) if post else (nn.Identity(), nn.Identity())
+        )
+
+    def make_attention(self, cfg: dict, layer_type: str) -> nn.Module:
+        """The block's attention (att): a RoPEGroupedQueryAttention with cfg's settings, windowed
+        in a sliding_attention layer. Subclasses with another attention (OLMo 3's QK-norm,
+        Qwen3.5's gate) override it."""
+        return RoPEGroupedQueryAttention(
             d_in=cfg["emb_dim"],
             num_heads=cfg["n_heads"],
             num_kv_groups=cfg["n_kv_groups"],
             head_dim=cfg["head_dim"],
             qk_norm=cfg["qk_norm"],
             norm_eps=cfg["norm_eps"],
-            dtype=dtype,
-            window=cfg["sliding_window"] if layer_type == "sliding_attention" else None,
+            dtype=cfg.get("dtype"),
+            window=window_of(cfg, layer_type),
             scale=cfg.get("query_scale"),
-            norm_offset=offset,
+            norm_offset=cfg.get("norm_offset", 0.0),
             bias=cfg.get("attention_bias", False),
             sinks=cfg.get("attention_sinks", False),
         )
-        self.ff = self.make_feed_forward(cfg)
 
-        def norm() -> RMSNorm:
-            return RMSNorm(cfg["emb_dim"], cfg["norm_eps"], dtype, offset)
-
-        pre, post = placement in ("pre", "pre_post"), placement in ("post", "pre_post")
-        self.norm1, self.norm2 = (norm(), norm()) if pre else (nn.Identity(), nn.Identity())
-        self.post_att_norm, self.post_ff_norm = (
-            (norm(), norm()) if post else (nn.Identity(), nn.Identity())
+    def make_norm(self, cfg: dict) -> nn.Module:
+        """One of the block's RMSNorms (with cfg's norm_offset); OLMo 3's override it."""
+        return RMSNorm(
+            cfg["emb_dim"], cfg["norm_eps"], cfg.get("dtype"), cfg.get("norm_offset", 0.0)
         )
 
     def make_feed_forward(self, cfg: dict) -> nn.Module:
@@ -361,6 +370,12 @@ class OpenTransformerBlock(nn.Module):
 
 # The attention of each layer: "full_attention" (causal) or "sliding_attention" (a window).
 LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def window_of(cfg: dict, layer_type: str) -> int | None:
+    """The attention window of a layer type: cfg["sliding_window"] for sliding_attention, None
+    (every earlier position) for full_attention."""
+    return cfg["sliding_window"] if layer_type == "sliding_attention" else None
 
 
 def layer_types_of(cfg: dict) -> list[str]:

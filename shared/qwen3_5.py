@@ -200,7 +200,9 @@ class GatedAttentionBlock(OpenTransformerBlock):
 
     def __init__(self, cfg: dict):
         super().__init__(cfg, "full_attention")
-        self.att = GatedAttention(
+
+    def make_attention(self, cfg: dict, layer_type: str) -> GatedAttention:
+        return GatedAttention(
             d_in=cfg["emb_dim"],
             num_heads=cfg["n_heads"],
             num_kv_groups=cfg["n_kv_groups"],
